@@ -1,0 +1,63 @@
+# The two set-up commands: `make serve` and `make test` each do the whole set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+# torch first, pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: help install data test lint format serve bench-train clean
+
+help:
+	@echo "make serve        set up and serve the default model on http://127.0.0.1:3000"
+	@echo "make test         set up and run the linters and the whole test suite"
+	@echo "make bench-train  training throughput against a plain PyTorch loop"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[train,dev]"
+	touch $@
+
+install: $(STAMP)
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package; install it when missing and possible.
+data:
+	@if [ ! -f "$(FASHION_MNIST)/train-images-idx3-ubyte.gz" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "Fashion-MNIST is missing: installing dataset-fashion-mnist with apt-get"; \
+	    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || true; \
+	  fi; \
+	fi; \
+	if [ ! -f "$(FASHION_MNIST)/train-images-idx3-ubyte.gz" ]; then \
+	  echo "error: Fashion-MNIST is not in $(FASHION_MNIST) and could not be installed here." >&2; \
+	  echo "       Install it as root with: apt-get install -y dataset-fashion-mnist" >&2; \
+	  exit 1; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install data lint
+	$(BIN)/pytest
+
+serve: install data
+	@echo "ganserve's HTTP service arrives with the serving issue (#4); until then, train with:" >&2
+	@echo "  $(BIN)/ganserve train --config configs/fashion-mnist.yaml" >&2
+	@exit 2
+
+bench-train: install data
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

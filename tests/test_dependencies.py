@@ -1,0 +1,61 @@
+"""The design card's dependency rules, checked on every import statement in the tree."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+SERVICE_CONTRACTS = {"service", "service.latents", "service.imaging", "service.manifest"}  # pure numpy, no I/O
+CLIENT_THIRD_PARTY = {"httpx", "pydantic", "PIL"}
+
+
+def imports(package: str) -> list[tuple[Path, str]]:
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found += [(path, alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.append((path, node.module))
+    return found
+
+
+def top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_service_never_imports_torch_or_training():
+    bad = [(p.name, m) for p, m in imports("service") if top(m) in {"torch", "torchvision", "training"}]
+    assert not bad, f"service/ must run without torch: {bad}"
+
+
+def test_training_uses_only_the_service_contract_modules():
+    bad = [(p.name, m) for p, m in imports("training") if top(m) == "service" and m not in SERVICE_CONTRACTS]
+    assert not bad, f"training/ may import only {sorted(SERVICE_CONTRACTS)} from service/: {bad}"
+
+
+def test_service_contract_modules_import_numpy_and_stdlib_only():
+    for name in SERVICE_CONTRACTS - {"service"}:
+        path = ROOT / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            continue
+        tree = ast.parse(path.read_text())
+        mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        mods += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        bad = [m for m in mods if top(m) not in sys.stdlib_module_names | {"numpy", "__future__", "pydantic"}]
+        assert not bad, f"{name} must stay pure: {bad}"
+
+
+def test_client_imports_httpx_pydantic_pillow_only():
+    if not (ROOT / "client").exists():
+        pytest.skip("client/ arrives with the SDK")
+    allowed = sys.stdlib_module_names | CLIENT_THIRD_PARTY | {"ganserve_client", "__future__"}
+    bad = [(p.name, m) for p, m in imports("client") if top(m) not in allowed and p.parts[-2] != "tests"]
+    assert not bad, f"the SDK depends on httpx, pydantic and Pillow only: {bad}"
+
+
+def test_models_holds_data_not_code():
+    code = [p for p in (ROOT / "models").rglob("*.py")] if (ROOT / "models").exists() else []
+    assert not code, f"models/ holds data, not code: {code}"

@@ -1,0 +1,69 @@
+"""Adversarial objectives as pure functions of D's scores, in a registry keyed by ``LossConfig.name``.
+
+- ``nonsaturating``: the minimax value V(D, G) for D; G maximises log D(G(z)) instead of minimising
+  log(1 - D(G(z))), which keeps its gradient alive early on (Goodfellow et al. 2014).
+- ``wgan``: the Wasserstein critic with weight clipping (Arjovsky et al. 2017); the clipping is done by the loop.
+- ``wgan-gp``: the same critic with a gradient penalty instead of clipping (Gulrajani et al. 2017).
+- ``hinge``: hinge loss for D, meant for a spectrally normalised D (Miyato et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LOSSES", "Loss", "gradient_penalty"]
+
+
+@dataclass(frozen=True)
+class Loss:
+    d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores on real, scores on fake) -> scalar
+    g_loss: Callable[[torch.Tensor], torch.Tensor]  # scores on fake -> scalar
+    probabilistic: bool  # scores are logits of D(x) = P(real), so sigmoid(score) is meaningful
+
+
+def _ns_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )
+
+
+def _ns_g(fake: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def _critic_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return fake.mean() - real.mean()
+
+
+def _critic_g(fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
+
+
+def _hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+LOSSES: dict[str, Loss] = {
+    "nonsaturating": Loss(_ns_d, _ns_g, probabilistic=True),
+    "wgan": Loss(_critic_d, _critic_g, probabilistic=False),
+    "wgan-gp": Loss(_critic_d, _critic_g, probabilistic=False),
+    "hinge": Loss(_hinge_d, _critic_g, probabilistic=False),
+}
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    labels: torch.Tensor | None,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates x_hat between real and fake images of the same labels."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat, labels).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
