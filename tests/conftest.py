@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from training.config import RunConfig, validate_config
@@ -28,7 +29,7 @@ def blobs(n: int, size: int, classes: int, seed: int) -> tuple[np.ndarray, np.nd
     images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
     side = size // 4
     for i, label in enumerate(labels):
-        top = (int(label) * side) % (size - side)
+        top = (int(label) * side) % (size - side + 1)
         images[i, top : top + side, top : top + side] = 230
     return images, labels
 
@@ -76,3 +77,51 @@ def tiny_config(data_path: Path, **overrides) -> RunConfig:
             node = node.setdefault(part, {})
         node[leaf] = value
     return validate_config(raw)
+
+
+# --- generators made by hand, for the export and gate tests ---------------------------------------------------------
+
+
+class BlobGenerator(torch.nn.Module):
+    """A generator of the ``blobs`` distribution written by hand: z[0] picks the class, z[1:] the background noise.
+
+    ``square`` and ``noise`` move it away from the data; ``classes`` restricts it (mode collapse)."""
+
+    def __init__(self, size: int = 28, classes: int = 4, square: float = 230.0, noise: float = 40.0,
+                 allowed: tuple[int, ...] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        side = size // 4
+        masks = torch.zeros(classes, size, size)
+        for label in range(classes):
+            top = (label * side) % (size - side + 1)
+            masks[label, top : top + side, top : top + side] = 1
+        self.register_buffer("masks", masks)
+        self.register_buffer("allowed", torch.tensor(allowed if allowed is not None else range(classes)))
+        self.size, self.square, self.noise = size, square, noise
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        uniform = 0.5 * (1 + torch.erf(z / 2**0.5))  # N(0, 1) -> U(0, 1)
+        pick = (uniform[:, 0] * len(self.allowed)).long().clamp(max=len(self.allowed) - 1)
+        mask = self.masks[self.allowed[pick]]
+        background = uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise
+        levels = background * (1 - mask) + self.square * mask
+        return (levels / 127.5 - 1).unsqueeze(1)
+
+
+class Replay(torch.nn.Module):
+    """A "generator" that returns training images, chosen by z: what memorization looks like."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("images", images.float() / 127.5 - 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        idx = ((0.5 * (1 + torch.erf(z[:, 0] / 2**0.5))) * len(self.images)).long().clamp(max=len(self.images) - 1)
+        return self.images[idx]
+
+
+class Black(torch.nn.Module):
+    """A generator driven to all-black output by a too-strong discriminator."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, :1, None, None].expand(-1, 1, 28, 28) * 0 - 1

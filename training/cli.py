@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -15,11 +17,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-@app.callback()
-def _root() -> None:
-    """Keeps Typer in sub-command mode while there is only one command."""
 
 
 @app.command()
@@ -37,15 +34,13 @@ def train(
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from training.checkpoint import CheckpointError
     from training.config import ConfigError, apply_overrides, load_config
-    from training.data import DataError
     from training.train import resume as resume_run
     from training.train import train as train_run
 
     _setup_logging()
     try:
-        with logging_redirect_tqdm():
+        with _errors(), logging_redirect_tqdm():
             if resume is not None:
                 if config is not None:
                     raise ConfigError("--resume takes the run's own config; drop --config")
@@ -54,17 +49,208 @@ def train(
                 if config is None:
                     raise ConfigError("pass --config FILE (e.g. configs/fashion-mnist.yaml) or --resume RUN_DIR")
                 run_dir = train_run(load_config(config, overrides), runs_dir=runs_dir, progress=progress)
-    except (ConfigError, DataError, CheckpointError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.secho("interrupted; the last checkpoint is saved, continue with --resume RUN_DIR", err=True)
         raise typer.Exit(130) from None
     typer.echo(str(run_dir))
 
 
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="a run folder or checkpoint file"),
+    out: Path = typer.Option(..., "--out", "-o", help="new folder for generator.onnx and manifest.json"),
+    raw: bool = typer.Option(False, "--raw", help="export G's raw weights instead of the EMA"),
+) -> None:
+    """Export a generator to ONNX with its manifest; refuses a graph that does not match PyTorch."""
+    from training.export import export_checkpoint
+
+    _setup_logging()
+    with _errors():
+        manifest = export_checkpoint(source, out, ema=not raw)
+    typer.echo(f"{out} sha256 {manifest.sha256}")
+
+
+@app.command("train-evaluator")
+def train_evaluator_cmd(
+    out: Path = typer.Option(Path("models/evaluator"), "--out", "-o", help="folder for evaluator.onnx and manifest"),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="e.g. --set epochs=3 --set data.kind=idx"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the frozen evaluator (a classifier) that the quality gate scores generators with."""
+    from training.config import apply_overrides
+    from training.evaluator import EvaluatorConfig, train_evaluator
+
+    _setup_logging()
+    with _errors():
+        cfg = _validated(EvaluatorConfig, apply_overrides({}, overrides))
+        manifest = train_evaluator(cfg, out, progress=progress)
+    typer.echo(f"{out} test accuracy {manifest.test_accuracy:.4f} sha256 {manifest.sha256}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="an exported model folder"),
+    against: str = typer.Option("production", "--against", help="'production', 'none', or a model folder"),
+    evaluator: Path = typer.Option(Path("models/evaluator"), "--evaluator"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="the run, to score the GAN's own D (diagnostic)"),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="gate settings, e.g. --set samples=2000"),
+) -> None:
+    """Run the quality gate on MODEL and write report.json, report.md and grid.png beside it.
+
+    Exit status: 0 pass, 3 reject."""
+    from training.config import apply_overrides
+    from training.gate import GateConfig, write_report
+    from training.gate import evaluate as run_gate
+
+    _setup_logging()
+    with _errors():
+        production = _resolve_against(against)
+        cfg = _validated(GateConfig, apply_overrides({}, overrides))
+        report = run_gate(model, evaluator=evaluator, production=production, checkpoint=checkpoint, cfg=cfg)
+        write_report(model, report)
+    _verdict(report["decision"], report["reasons"], model / "report.md")
+    raise typer.Exit(0 if report["decision"] == "pass" else 3)
+
+
+@app.command()
+def models() -> None:
+    """List the registry: candidates and promotions, newest last, with their gate figures."""
+    from training.registry import CANDIDATE_NAME, PRODUCTION_NAME, Registry
+
+    with _errors():
+        registry = Registry()
+        current = registry.production()
+        rows = []
+        for name in (CANDIDATE_NAME, PRODUCTION_NAME):
+            for e in registry.entries(name):
+                stage = "candidate" if name == CANDIDATE_NAME else "production"
+                if current is not None and e.version == current.version:
+                    stage = "PRODUCTION (current)"
+                m = e.metadata
+                rows.append((e.tag, stage, e.created.strftime("%Y-%m-%d %H:%M"), m.get("decision", "-"),
+                             _num(m.get("fid")), _num(m.get("feature_judge_accuracy")), e.sha256[:12]))  # fmt: skip
+    if not rows:
+        typer.echo(f"no models in {registry.models_dir}; run ganserve retrain, or make serve to import the default")
+        return
+    header = ("tag", "stage", "created", "gate", "FID", "judge acc", "sha256")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="a candidate version (or name:version, or a unique prefix)"),
+    force: bool = typer.Option(False, "--force", help="promote even if the gate rejected it"),
+) -> None:
+    """Make a candidate the production model (atomic; the service picks it up within seconds)."""
+    from training.registry import Registry
+
+    with _errors():
+        entry = Registry().promote(version, force=force)
+    typer.echo(f"promoted {entry.metadata.get('promoted_from')} as {entry.tag}")
+
+
+@app.command()
+def rollback() -> None:
+    """Return production to the promotion before the current one."""
+    from training.registry import Registry
+
+    with _errors():
+        entry = Registry().rollback()
+    typer.echo(f"production is now {entry.tag} ({entry.metadata.get('promoted_from')})")
+
+
+@app.command()
+def retrain(
+    config: Path = typer.Option(Path("configs/default.yaml"), "--config", "-c"),
+    overrides: list[str] = typer.Option([], "--set", "-s"),
+    evaluator: Path = typer.Option(Path("models/evaluator"), "--evaluator"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    gate_overrides: list[str] = typer.Option([], "--gate", help="gate settings, e.g. --gate samples=2000"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train, export, judge against production, store, and promote only when the gate passes.
+
+    Exit status: 0 promoted, 3 rejected by the gate, 1 error. Run it again after an interruption to resume."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from training.config import apply_overrides, load_config
+    from training.gate import GateConfig
+    from training.retrain import retrain as run_job
+
+    _setup_logging()
+    try:
+        with _errors(code=1), logging_redirect_tqdm():
+            cfg = load_config(config, overrides)
+            gate = _validated(GateConfig, apply_overrides({}, gate_overrides))
+            result = run_job(cfg, evaluator=evaluator, runs_dir=runs_dir, gate=gate, progress=progress)
+    except KeyboardInterrupt:
+        typer.secho("INTERRUPTED: run the same command again to resume from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
+    except Exception as err:  # a scheduled job's last line must say what happened, whatever happened
+        logging.getLogger("ganserve.retrain").exception("the job failed")
+        typer.secho(f"FAILED: {type(err).__name__}: {err}; production is unchanged", fg="red", err=True)
+        raise typer.Exit(1) from None
+    _verdict(result.status, result.reasons, result.model_dir / "report.md", candidate=result.candidate)
+    raise typer.Exit(result.exit_code)
+
+
+def _resolve_against(against: str) -> Path | None:
+    from training.registry import Registry
+
+    if against == "none":
+        return None
+    if against == "production":
+        current = Registry().production()
+        return current.path if current else None
+    return Path(against)
+
+
+def _validated(model_cls, raw: dict):
+    from pydantic import ValidationError
+
+    from training.config import ConfigError
+
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _verdict(status: str, reasons: list[str], report: Path, candidate: str | None = None) -> None:
+    color = typer.colors.GREEN if status in ("pass", "promoted") else typer.colors.YELLOW
+    typer.secho(f"{status.upper()}{f' {candidate}' if candidate else ''}: see {report}", fg=color, bold=True)
+    for reason in reasons:
+        typer.echo(f"  - {reason}")
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+@contextmanager
+def _errors(code: int = 2) -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and an exit status, without a traceback."""
+    from service.manifest import ManifestError
+    from training.checkpoint import CheckpointError
+    from training.config import ConfigError
+    from training.data import DataError
+    from training.export import ExportError
+    from training.gate import GateError
+    from training.registry import RegistryError
+
+    try:
+        yield
+    except (ConfigError, DataError, CheckpointError, ExportError, GateError, RegistryError, ManifestError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(code) from None
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):  # the ONNX exporter narrates every pass at INFO
+        logging.getLogger(chatty).setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -51,9 +51,10 @@ class _Process:
         return self.rank == 0
 
 
-def train(cfg: RunConfig, *, runs_dir: Path = Path("runs"), progress: bool = True) -> Path:
-    """Start a new run in a new numbered folder under ``runs_dir``; return that folder."""
-    return _run(cfg, runs_dir=runs_dir, run_dir=None, state=None, progress=progress)
+def train(cfg: RunConfig, *, runs_dir: Path = Path("runs"), run_dir: Path | None = None, progress: bool = True) -> Path:
+    """Start a new run in a new numbered folder under ``runs_dir`` (or in ``run_dir``, a new empty folder made by
+    ``artifacts.new_run_dir``); return that folder."""
+    return _run(cfg, runs_dir=runs_dir, run_dir=run_dir, state=None, progress=progress)
 
 
 def resume(run_dir: Path, *, overrides: dict | None = None, progress: bool = True) -> Path:
@@ -101,7 +102,7 @@ class _Trainer:
         self.splits: Splits = load_splits(cfg.data)
         cfg = self._complete(cfg)
         self.cfg, self.loss = cfg, LOSSES[cfg.loss.name]
-        self.run_dir = run_dir or self._new_folder(runs_dir)
+        self.run_dir = run_dir if state is not None else self._new_folder(runs_dir, run_dir)
 
         torch.manual_seed(cfg.seed)  # weight init depends on the seed alone
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -148,8 +149,8 @@ class _Trainer:
             )
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"num_classes": num_classes})})
 
-    def _new_folder(self, runs_dir: Path) -> Path:
-        name = [str(new_run_dir(runs_dir, self.cfg.name))] if self.proc.main else [""]
+    def _new_folder(self, runs_dir: Path, given: Path | None) -> Path:
+        name = [str(given or new_run_dir(runs_dir, self.cfg.name))] if self.proc.main else [""]
         if self.proc.world > 1:
             dist.broadcast_object_list(name, src=0)
         run_dir = Path(name[0])

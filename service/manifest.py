@@ -1,0 +1,112 @@
+"""The manifest that travels with every exported generator: what the ONNX file is and how to call it.
+
+A model folder holds ``generator.onnx`` and ``manifest.json``; after the quality gate also ``report.json``,
+``report.md`` and ``grid.png``. The service reads nothing but this folder, so everything it needs to draw latents,
+name classes and check integrity is here. Pure pydantic: shared by training (which writes it) and serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.latents import PROTOCOL
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MODEL_NAME",
+    "SCHEMA_VERSION",
+    "ImageSpec",
+    "Manifest",
+    "ManifestError",
+    "TrainingInfo",
+    "file_sha256",
+    "read_manifest",
+    "write_manifest",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODEL_NAME = "generator.onnx"
+
+
+class ManifestError(ValueError):
+    """A model folder whose manifest is missing, malformed, or does not match its ONNX file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageSpec(_Strict):
+    """The graph's output: uint8 images, N x height x width x channels, the layout PNG encoders take."""
+
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    channels: Literal[1, 3]
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NHWC"] = "NHWC"
+
+
+class TrainingInfo(_Strict):
+    run_id: str
+    step: int
+    config_sha256: str
+    config: dict[str, Any]
+    dataset: dict[str, Any]
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["ganserve.generator"] = "ganserve.generator"
+    file: str = MODEL_NAME
+    sha256: str
+    latent_dim: int = Field(ge=1)
+    latent_protocol: str = PROTOCOL
+    image: ImageSpec
+    class_names: list[str] = Field(default_factory=list, description="empty for an unconditional generator")
+    inputs: dict[str, str] = Field(description="input names and their types, e.g. z: float32[N,100]")
+    parity_levels: int = Field(ge=0, description="largest |PyTorch - ONNX| over the export's parity batches")
+    training: TrainingInfo | None = None
+    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    gate: dict[str, Any] | None = Field(None, description="the quality gate's decision and headline figures")
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.class_names)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+
+
+def read_manifest(folder: Path, *, verify: bool = True) -> Manifest:
+    """Read ``folder/manifest.json``; with ``verify``, also check the ONNX file against its sha256."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ManifestError(f"{folder} has no {MANIFEST_NAME}: not an exported ganserve model") from None
+    except ValueError as err:  # JSON or validation error
+        raise ManifestError(f"{path} is not a valid manifest: {err}") from None
+    if verify:
+        onnx_path = Path(folder) / manifest.file
+        if not onnx_path.is_file():
+            raise ManifestError(f"{folder} has no {manifest.file}, which its manifest names")
+        actual = file_sha256(onnx_path)
+        if actual != manifest.sha256:
+            raise ManifestError(f"{onnx_path} has sha256 {actual[:12]}…, its manifest says {manifest.sha256[:12]}…")
+    return manifest

@@ -1,0 +1,159 @@
+"""Export, the evaluator and the quality gate on a synthetic dataset whose true generator is known."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import Black, BlobGenerator, Replay, blobs, tiny_config, write_idx
+
+from service.latents import latents_for_seeds
+from service.manifest import ImageSpec, ManifestError, read_manifest
+from training.config import DataConfig
+from training.data import load_splits
+from training.evaluator import EvaluatorConfig, train_evaluator
+from training.export import ExportError, export_checkpoint, export_module
+from training.gate import GateConfig, GateError, evaluate, write_report
+from training.train import train
+
+LATENT = 800  # BlobGenerator draws its background from z[1:785]
+IMAGE = ImageSpec(height=28, width=28, channels=1)
+FAST = GateConfig(samples=600, guard_samples=300, fid_rounds=3, judge_seeds=[0, 1], pixel_judge_seeds=[0],
+                  pixel_judge_epochs=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Blob data (2,000 train, 1,000 held-out), an evaluator trained on it, and the true generator exported."""
+    root = tmp_path_factory.mktemp("gate")
+    data = root / "data"
+    data.mkdir()
+    for prefix, n, seed in (("train", 2000, 0), ("t10k", 1000, 1)):
+        images, labels = blobs(n, 28, 4, seed)
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    data_cfg = DataConfig(kind="idx", path=data)
+    evaluator = root / "evaluator"
+    cfg = EvaluatorConfig(data=data_cfg, epochs=3, batch_size=64, width=8, feature_dim=16, flip=False)
+    manifest = train_evaluator(cfg, evaluator, progress=False)
+    production = root / "production"
+    export_module(BlobGenerator(), production, latent_dim=LATENT, image=IMAGE)
+    return {"root": root, "data": data_cfg, "evaluator": evaluator, "accuracy": manifest.test_accuracy,
+            "production": production}  # fmt: skip
+
+
+def judge(world, model_dir, *, production=None, cfg=FAST):
+    return evaluate(model_dir, evaluator=world["evaluator"], production=production, data=world["data"], cfg=cfg)
+
+
+def failed(report) -> set[str]:
+    return {c["name"] for c in report["checks"] if not c["passed"]}
+
+
+# --- export ---------------------------------------------------------------------------------------------------------
+
+
+def test_export_writes_a_checked_onnx_with_its_manifest(idx_dir, tmp_path):
+    run = train(tiny_config(idx_dir, model__conditional=True), runs_dir=tmp_path / "runs", progress=False)
+    manifest = export_checkpoint(run, tmp_path / "model")
+    assert read_manifest(tmp_path / "model") == manifest  # sha256 verified on read
+    assert manifest.latent_dim == 16 and manifest.image == IMAGE and manifest.class_names == ["0", "1", "2", "3"]
+    assert manifest.parity_levels <= 1 and manifest.inputs == {"z": "float32[N,16]", "labels": "int64[N]"}
+    assert manifest.training.run_id == run.name and manifest.training.step == 16
+    assert manifest.training.dataset["heldout"]["images"] == 64
+    assert manifest.latent_protocol.startswith("numpy-default_rng")
+
+    session = ort.InferenceSession(str(tmp_path / "model" / "generator.onnx"))
+    seeds = [5, 9, 11]
+    batch = session.run(["images"], {"z": latents_for_seeds(seeds, 16), "labels": np.array([1, 2, 3])})[0]
+    alone = session.run(["images"], {"z": latents_for_seeds([9], 16), "labels": np.array([2])})[0]
+    assert batch.dtype == np.uint8 and batch.shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(batch[1], alone[0])  # seed 9 gives the same image in any batch
+
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export_checkpoint(run, tmp_path / "model")
+
+
+def test_manifest_catches_a_swapped_onnx_file(world, tmp_path):
+    export_module(BlobGenerator(square=100), tmp_path / "other", latent_dim=LATENT, image=IMAGE)
+    (tmp_path / "other" / "generator.onnx").write_bytes((world["production"] / "generator.onnx").read_bytes())
+    with pytest.raises(ManifestError, match="its manifest says"):
+        read_manifest(tmp_path / "other")
+
+
+def test_export_refuses_a_model_that_onnx_does_not_reproduce(tmp_path, monkeypatch):
+    import training.export as export
+
+    monkeypatch.setattr(export, "parity", lambda *a, **k: 7)  # as if onnxruntime disagreed by 7 levels
+    with pytest.raises(ExportError, match="differs from PyTorch by 7 levels"):
+        export_module(BlobGenerator(), tmp_path / "m", latent_dim=LATENT, image=IMAGE)
+    assert not (tmp_path / "m").exists()
+
+
+# --- the evaluator --------------------------------------------------------------------------------------------------
+
+
+def test_evaluator_is_accurate_and_frozen(world):
+    assert world["accuracy"] >= 0.95
+    manifest = json.loads((world["evaluator"] / "manifest.json").read_text())
+    assert manifest["feature_dim"] == 16 and len(manifest["sha256"]) == 64
+
+
+# --- the gate -------------------------------------------------------------------------------------------------------
+
+
+def test_the_true_generator_passes_alone_and_against_itself(world, tmp_path):
+    alone = judge(world, world["production"])
+    assert alone["decision"] == "pass", alone["reasons"]
+    assert alone["mode"].startswith("absolute")
+    re_export = tmp_path / "again"
+    export_module(BlobGenerator(), re_export, latent_dim=LATENT, image=IMAGE)
+    report = judge(world, re_export, production=world["production"])
+    assert report["decision"] == "pass", report["reasons"]  # an equal model is never rejected
+    cand, prod = report["figures"]["candidate"], report["figures"]["production"]
+    assert cand["fid"] == pytest.approx(prod["fid"])  # same seeds, same images
+    assert cand["feature_judge"]["accuracy"] < 0.6  # the judge cannot tell it from real data
+    write_report(re_export, report)
+    for name in ("report.json", "report.md", "grid.png"):
+        assert (re_export / name).stat().st_size > 0
+    assert "PASS" in (re_export / "report.md").read_text()
+
+
+def test_rejects_an_all_black_generator(world, tmp_path):
+    export_module(Black(), tmp_path / "black", latent_dim=LATENT, image=IMAGE)
+    report = judge(world, tmp_path / "black", cfg=FAST.model_copy(update={"pixel_judge_epochs": 8}))
+    assert report["decision"] == "reject"
+    assert {"mean_level", "near_black_share", "pixel_std"} <= failed(report)
+    pixel = report["figures"]["candidate"]["pixel_judge"]
+    assert pixel["accuracy"] > 0.99 and pixel["jsd_lower_bound_nats"] > 0.4  # towards log 2 = 0.693
+
+
+@pytest.mark.parametrize("allowed", [(0,), (1, 2)])
+def test_rejects_a_generator_collapsed_to_one_or_two_classes(world, tmp_path, allowed):
+    export_module(BlobGenerator(allowed=allowed), tmp_path / "collapsed", latent_dim=LATENT, image=IMAGE)
+    report = judge(world, tmp_path / "collapsed")
+    assert report["decision"] == "reject" and {"class_entropy", "min_class_share"} <= failed(report)
+
+
+def test_rejects_a_generator_that_replays_training_images(world, tmp_path):
+    train_images = load_splits(world["data"]).train.images
+    export_module(Replay(train_images), tmp_path / "replay", latent_dim=LATENT, image=IMAGE)
+    report = judge(world, tmp_path / "replay")
+    assert report["decision"] == "reject" and "memorization_ratio" in failed(report)
+    assert report["figures"]["candidate"]["memorization_ratio"] < 0.1
+
+
+def test_rejects_a_worse_generator_when_production_is_better(world, tmp_path):
+    export_module(BlobGenerator(square=150, noise=90), tmp_path / "weak", latent_dim=LATENT, image=IMAGE)
+    alone = judge(world, tmp_path / "weak")
+    assert alone["decision"] == "pass", alone["reasons"]  # it passes the absolute checks on its own...
+    report = judge(world, tmp_path / "weak", production=world["production"])
+    assert report["decision"] == "reject"  # ...but not against a better production
+    assert {"fid", "feature_judge_accuracy"} <= failed(report)  # the primary statistics; the pixel judge is coarse
+
+
+def test_gate_refuses_an_evaluator_of_another_shape(world, tmp_path):
+    export_module(BlobGenerator(size=32), tmp_path / "big", latent_dim=LATENT + 300,
+                  image=ImageSpec(height=32, width=32, channels=1))  # fmt: skip
+    with pytest.raises(GateError, match="the evaluator takes 28x28x1 images"):
+        judge(world, tmp_path / "big")

@@ -1,0 +1,342 @@
+"""The quality gate: judge a candidate generator, and production beside it, on held-out real images.
+
+Protocol (../shared/design/quality-gate.md): both models draw the same image seeds, are scored by the same frozen
+evaluator against the same held-out real images the GAN never trained on, in one run.
+
+1. Hard guards (absolute): finite output, not near-black or constant, no near-duplicate samples, ONNX parity.
+2. Coverage (absolute): class entropy and smallest class share; for a conditional model, label accuracy.
+3. Memorization (absolute): samples are not closer to the training set than held-out real images are.
+4. Fidelity (relative): classifier-feature FID, not worse than production by more than a margin.
+5. Discriminator checks (relative): a feature-space judge (the primary statistic) and fresh pixel-space judges,
+   whose accuracy may not exceed production's by more than a margin; they also give JSD lower bounds.
+The GAN's own discriminator, when its checkpoint is at hand, is scored as a diagnostic only.
+With no production model the absolute checks alone decide. Every threshold lives in ``GateConfig``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.latents import latents_for_seeds
+from service.manifest import MODEL_NAME, Manifest, read_manifest
+from training import metrics
+from training.artifacts import save_grid
+from training.config import DataConfig
+from training.data import Splits, load_splits
+from training.evaluator import Evaluator
+
+__all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
+
+log = logging.getLogger("ganserve.gate")
+REPORT_SCHEMA = 1
+
+
+class GateError(RuntimeError):
+    """The gate cannot judge: wrong evaluator, missing data, or a model folder that is not a model."""
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(5000, ge=100, description="images drawn from each model, seeds seed..seed+samples-1")
+    seed: int = Field(1_000_000, ge=0, description="first image seed (apart from the seeds grids use)")
+    guard_samples: int = Field(2000, ge=10, description="images used for the duplicate and memorization checks")
+    fid_rounds: int = Field(10, ge=2)
+    judge_seeds: list[int] = [0, 1, 2, 3, 4]
+    pixel_judge_seeds: list[int] = [0, 1, 2]
+    pixel_judge_epochs: int = Field(2, ge=1)
+    # absolute thresholds
+    min_mean_level: float = 6.4  # mean pixel above -0.95 in [-1, 1]
+    max_near_black_share: float = 0.01
+    min_pixel_std: float = 2.0
+    max_duplicate_share: float = 0.01
+    max_parity_levels: int = 1
+    min_class_entropy: float = 0.97
+    min_class_share: float = 0.05
+    min_label_accuracy: float = 0.6
+    min_memorization_ratio: float = 0.9
+    # margins against production (non-inferiority: ties and noise-level differences pass)
+    fid_margin: float = Field(0.05, description="relative: candidate FID <= production FID x (1 + margin)")
+    feature_judge_margin: float = 0.01
+    pixel_judge_margin: float = 0.03
+
+
+class _Model:
+    """An exported generator run by onnxruntime."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest: Manifest = read_manifest(self.folder)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.folder / MODEL_NAME), options, providers=["CPUExecutionProvider"])
+
+    def sample(self, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(uint8 images, finite flags, requested labels) for the seeds; a conditional model cycles the classes."""
+        m = self.manifest
+        images, finite, labels = [], [], None
+        seeds = list(seeds)
+        if m.conditional:
+            labels = np.asarray(seeds, dtype=np.int64) % len(m.class_names)
+        for start in range(0, len(seeds), 500):
+            feeds = {"z": latents_for_seeds(seeds[start : start + 500], m.latent_dim)}
+            if labels is not None:
+                feeds["labels"] = labels[start : start + 500]
+            out = self.session.run(["images", "finite"], feeds)
+            images.append(out[0])
+            finite.append(out[1])
+        return np.concatenate(images), np.concatenate(finite), labels
+
+
+def evaluate(
+    candidate: Path,
+    *,
+    evaluator: Path,
+    production: Path | None = None,
+    data: DataConfig | None = None,
+    checkpoint: Path | None = None,
+    cfg: GateConfig | None = None,
+) -> dict[str, Any]:
+    """Judge ``candidate`` (and ``production`` when given) and return the report; nothing is written."""
+    cfg = cfg or GateConfig()
+    started = time.perf_counter()
+    if not (Path(evaluator) / "manifest.json").is_file():
+        raise GateError(f"no evaluator in {evaluator}; make one with: ganserve train-evaluator --out {evaluator}")
+    judge = Evaluator(evaluator)
+    cand = _Model(candidate)
+    prod = _Model(production) if production is not None else None
+    data = data or _data_config(cand.manifest)
+    splits = load_splits(data)
+    _check_compatible(cand.manifest, judge, splits, data)
+    heldout = splits.heldout.images.permute(0, 2, 3, 1).contiguous().numpy()
+    train = splits.train.images.permute(0, 2, 3, 1).contiguous().numpy()
+    _, real_features = judge(heldout)
+    rng = np.random.default_rng(cfg.seed)
+    real_guard = heldout[rng.choice(len(heldout), min(cfg.guard_samples, len(heldout)), replace=False)]
+    real_nn = float(np.median(metrics.nearest_neighbour_distances(real_guard, train)))
+    context = {"real_features": real_features, "train": train, "real_nn": real_nn, "heldout": heldout}
+
+    figures = {"candidate": _figures(cand, judge, context, cfg)}
+    if prod is not None:
+        figures["production"] = _figures(prod, judge, context, cfg)
+    if checkpoint is not None:
+        figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, heldout, cand, cfg)
+
+    checks = _checks(figures["candidate"], figures.get("production"), cand.manifest, cfg)
+    failed = [c for c in checks if not c["passed"]]
+    report = {
+        "schema_version": REPORT_SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "decision": "reject" if failed else "pass",
+        "reasons": [c["rule"] for c in failed] or ["every check passed"],
+        "mode": "against production" if prod is not None else "absolute checks only (no production model)",
+        "candidate": {"folder": str(candidate), "sha256": cand.manifest.sha256, **_run_of(cand.manifest)},
+        "production": None if prod is None else {"folder": str(production), "sha256": prod.manifest.sha256},
+        "evaluator": {"sha256": judge.manifest.sha256, "test_accuracy": judge.manifest.test_accuracy},
+        "data": {
+            "path": str(data.path),
+            "heldout_sha256": splits.heldout.sha256,
+            "heldout_images": len(splits.heldout),
+            "train_sha256": splits.train.sha256,
+        },
+        "checks": checks,
+        "figures": figures,
+        "config": cfg.model_dump(),
+        "seeds": {"first": cfg.seed, "count": cfg.samples},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    log.info("gate: %s in %.0f s (%s)", report["decision"], report["seconds"], "; ".join(report["reasons"]))
+    return report
+
+
+def _data_config(manifest: Manifest) -> DataConfig:
+    if manifest.training is None:
+        raise GateError("the model's manifest names no training run, so its data is unknown: pass data=")
+    return DataConfig.model_validate(manifest.training.config["data"])
+
+
+def _check_compatible(manifest: Manifest, judge: Evaluator, splits: Splits, data: DataConfig) -> None:
+    em = judge.manifest
+    if (em.image_size, em.channels) != (manifest.image.height, manifest.image.channels):
+        raise GateError(
+            f"the evaluator takes {em.image_size}x{em.image_size}x{em.channels} images; "
+            f"the generator makes {manifest.image.height}x{manifest.image.width}x{manifest.image.channels}"
+        )
+    if list(splits.train.class_names) != em.class_names:
+        raise GateError(f"the evaluator knows classes {em.class_names}; the data at {data.path} has others")
+    if manifest.training is not None:
+        recorded = manifest.training.dataset.get("heldout", {}).get("sha256")
+        if recorded and recorded != splits.heldout.sha256:
+            raise GateError("the held-out images differ from those recorded at training: the judge would be unfair")
+
+
+def _run_of(manifest: Manifest) -> dict:
+    t = manifest.training
+    return {} if t is None else {"run_id": t.run_id, "step": t.step}
+
+
+def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dict[str, Any]:
+    images, finite, requested = model.sample(range(cfg.seed, cfg.seed + cfg.samples))
+    logits, features = judge(images)
+    guard = images[: cfg.guard_samples]
+    nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx["train"])))
+    real_features = ctx["real_features"]
+    return {
+        "finite_share": float(finite.mean()),
+        **metrics.pixel_guards(guard),
+        **metrics.class_coverage(logits, requested),
+        **metrics.fid_bootstrap(real_features, features, rounds=cfg.fid_rounds, seed=cfg.seed),
+        "kid": metrics.kid(real_features, features, seed=cfg.seed),
+        **metrics.precision_recall(real_features[: cfg.guard_samples], features[: cfg.guard_samples]),
+        "nn_distance_median": nn_fake,
+        "nn_distance_real_median": ctx["real_nn"],
+        "memorization_ratio": nn_fake / ctx["real_nn"],
+        "feature_judge": metrics.logistic_judge(real_features, features, seeds=cfg.judge_seeds),
+        "pixel_judge": metrics.pixel_judge(
+            ctx["heldout"], images, seeds=cfg.pixel_judge_seeds, epochs=cfg.pixel_judge_epochs
+        ),
+        "parity_levels": model.manifest.parity_levels,
+        "_grid": images[:64],
+        "_labels": requested,
+    }
+
+
+def _own_discriminator(checkpoint: Path, heldout: np.ndarray, model: _Model, cfg: GateConfig) -> dict:
+    """The GAN's own trained D on held-out real vs generated images: a diagnostic, never a gate."""
+    import torch
+
+    from training.checkpoint import load_checkpoint
+    from training.config import RunConfig
+    from training.networks import Discriminator
+
+    state = load_checkpoint(checkpoint)
+    d = Discriminator(RunConfig.model_validate(state["config"]).model)
+    d.load_state_dict(state["D"])
+    d.eval()
+    n = min(2000, len(heldout))
+    images, _, labels = model.sample(range(cfg.seed, cfg.seed + n))
+    to_x = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
+    label_t = None if labels is None else torch.from_numpy(labels)
+    with torch.no_grad():
+        real = d(to_x(heldout[:n]), label_t).numpy()
+        fake = d(to_x(images), label_t).numpy()
+    return {
+        "mean_score_real": float(real.mean()),
+        "mean_score_fake": float(fake.mean()),
+        "accuracy": float(((real > 0).sum() + (fake <= 0).sum()) / (2 * n)),
+    }
+
+
+def _checks(c: dict, p: dict | None, manifest: Manifest, cfg: GateConfig) -> list[dict]:
+    checks = []
+
+    def check(name: str, value: float, op: str, limit: float, why: str) -> None:
+        passed = value >= limit if op == ">=" else value <= limit
+        rule = f"{name} {value:.4g} must be {op} {limit:.4g}: {why}"
+        checks.append({"name": name, "value": value, "op": op, "limit": limit, "passed": bool(passed), "rule": rule})
+
+    check("finite_share", c["finite_share"], ">=", 1.0, "NaN or Inf in the output")
+    check("mean_level", c["mean_level"], ">=", cfg.min_mean_level, "near-black output")
+    check("near_black_share", c["near_black_share"], "<=", cfg.max_near_black_share, "too many near-black images")
+    check("pixel_std", c["pixel_std"], ">=", cfg.min_pixel_std, "near-constant output: G ignores z")
+    check("duplicate_share", c["duplicate_share"], "<=", cfg.max_duplicate_share, "near-identical samples")
+    check("parity_levels", c["parity_levels"], "<=", cfg.max_parity_levels, "ONNX differs from PyTorch")
+    check("class_entropy", c["class_entropy"], ">=", cfg.min_class_entropy, "classes are missing (mode collapse)")
+    check("min_class_share", c["min_class_share"], ">=", cfg.min_class_share, "a class is nearly dropped")
+    if manifest.conditional:
+        check("label_accuracy", c["label_accuracy"], ">=", cfg.min_label_accuracy, "images ignore the label")
+    check("memorization_ratio", c["memorization_ratio"], ">=", cfg.min_memorization_ratio, "replays training images")
+    if p is not None:
+        check("fid", c["fid"], "<=", p["fid"] * (1 + cfg.fid_margin), "worse FID than production")
+        check(
+            "feature_judge_accuracy",
+            c["feature_judge"]["accuracy"],
+            "<=",
+            p["feature_judge"]["accuracy"] + cfg.feature_judge_margin,
+            "the feature judge prefers production",
+        )
+        check("pixel_judge_accuracy", c["pixel_judge"]["accuracy"], "<=",
+              p["pixel_judge"]["accuracy"] + cfg.pixel_judge_margin, "the pixel judge prefers production")  # fmt: skip
+    return checks
+
+
+def write_report(folder: Path, report: dict) -> None:
+    """Write report.json, report.md and grid.png next to the model."""
+    figures = report["figures"]
+    cand = figures["candidate"]
+    grid, labels = cand.pop("_grid"), cand.pop("_labels")
+    if "production" in figures:
+        figures["production"].pop("_grid")
+        figures["production"].pop("_labels")
+    classes = len(set(labels.tolist())) if labels is not None else None
+    if classes:  # one class a column
+        order = np.argsort(labels[: len(grid)], kind="stable")
+        grid = grid[order]
+    save_grid(grid, folder / "grid.png", cols=classes)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    (folder / "report.md").write_text(_markdown(report))
+
+
+def _judge_cell(j: dict) -> str:
+    return f"{j['accuracy']:.4f} ± {j['accuracy_sd']:.4f} (JSD ≥ {j['jsd_lower_bound_nats']:.3f} nats)"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _markdown(r: dict) -> str:
+    lines = [
+        f"# Quality gate: **{r['decision'].upper()}**",
+        "",
+        f"- mode: {r['mode']}",
+        f"- candidate: `{r['candidate']['sha256'][:16]}` {r['candidate'].get('run_id', '')}",
+        f"- production: `{r['production']['sha256'][:16]}`" if r["production"] else "- production: none",
+        f"- evaluator: `{r['evaluator']['sha256'][:16]}` (test accuracy {r['evaluator']['test_accuracy']:.4f})",
+        f"- held-out images: {r['data']['heldout_images']} (sha256 `{r['data']['heldout_sha256'][:16]}`)",
+        f"- {r['seeds']['count']} samples per model from seed {r['seeds']['first']}; {r['seconds']} s",
+        "",
+        "## Checks",
+        "",
+        "| check | value | rule | |",
+        "|---|---|---|---|",
+    ]
+    for c in r["checks"]:
+        lines.append(
+            f"| {c['name']} | {c['value']:.4g} | {c['op']} {c['limit']:.4g} | {'ok' if c['passed'] else 'FAIL'} |"
+        )
+    lines += ["", "## Figures", "", "| figure | candidate | production |", "|---|---|---|"]
+    cand, prod = r["figures"]["candidate"], r["figures"].get("production", {})
+    rows = [
+        ("FID (classifier features)", "fid"), ("FID sd (half subsets)", "fid_sd"), ("KID", "kid"),
+        ("precision", "precision"), ("recall", "recall"), ("class entropy", "class_entropy"),
+        ("smallest class share", "min_class_share"), ("label accuracy", "label_accuracy"),
+        ("memorization ratio", "memorization_ratio"), ("mean level", "mean_level"),
+    ]  # fmt: skip
+    for title, key in rows:
+        if key in cand:
+            lines.append(
+                f"| {title} | {cand[key]:.4g} | {prod[key]:.4g} |"
+                if key in prod
+                else f"| {title} | {cand[key]:.4g} | |"
+            )
+    for title, key in (("feature judge", "feature_judge"), ("pixel judge", "pixel_judge")):
+        row = [_judge_cell(m[key]) for m in (cand, prod) if key in m]
+        lines.append(f"| {title} accuracy | {' | '.join(row)} |")
+    if "own_discriminator" in cand:
+        own = cand["own_discriminator"]
+        lines.append(f"| GAN's own D accuracy (diagnostic) | {own['accuracy']:.4f} | |")
+    lines += ["", "## Decision", ""] + [f"- {reason}" for reason in r["reasons"]] + ["", "![samples](grid.png)", ""]
+    return "\n".join(lines)

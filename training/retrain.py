@@ -1,0 +1,123 @@
+"""The offline job: train, export, judge against production, store, and promote only what passes.
+
+The job keeps its place in ``<runs_dir>/retrain-<name>.json``; run again after an interruption, it resumes the
+training run from its last checkpoint and skips the stages already done. A finished job (promoted or rejected)
+removes that file, so the next run starts a new training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.manifest import read_manifest, write_manifest
+from training.artifacts import new_run_dir
+from training.checkpoint import load_checkpoint
+from training.config import RunConfig
+from training.export import export_checkpoint
+from training.gate import GateConfig, evaluate, write_report
+from training.registry import Registry
+from training.train import resume, train
+
+__all__ = ["RetrainResult", "retrain"]
+
+log = logging.getLogger("ganserve.retrain")
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    status: Literal["promoted", "rejected"]
+    candidate: str
+    model_dir: Path
+    reasons: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "promoted" else 3
+
+
+def retrain(
+    cfg: RunConfig,
+    *,
+    evaluator: Path,
+    runs_dir: Path = Path("runs"),
+    registry: Registry | None = None,
+    gate: GateConfig | None = None,
+    progress: bool = True,
+) -> RetrainResult:
+    registry = registry or Registry()
+    state_path = runs_dir / f"retrain-{cfg.name}.json"
+    config_sha = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    run_dir = Path(state["run_dir"]) if state.get("config_sha256") == config_sha else None
+
+    if run_dir is not None and (run_dir / "checkpoint.pt").exists():
+        done = load_checkpoint(run_dir)
+        if done["step"] < _total_steps(done):
+            log.info("resuming the interrupted job's run %s at step %d", run_dir, done["step"])
+            resume(run_dir, progress=progress)
+    else:
+        run_dir = new_run_dir(runs_dir, cfg.name)
+        # recorded before training starts, so a job interrupted while training resumes this run
+        state_path.write_text(json.dumps({"run_dir": str(run_dir), "config_sha256": config_sha}) + "\n")
+        train(cfg, run_dir=run_dir, progress=progress)
+
+    model_dir = run_dir / "export"
+    if not (model_dir / "manifest.json").exists():
+        export_checkpoint(run_dir, model_dir)
+    production = registry.production()
+    report = evaluate(
+        model_dir, evaluator=evaluator, production=production.path if production else None, checkpoint=run_dir, cfg=gate
+    )
+    write_report(model_dir, report)
+    manifest = read_manifest(model_dir)
+    manifest.gate = _headline(report)
+    write_manifest(model_dir, manifest)
+
+    candidate = registry.add_candidate(model_dir, metadata=_metadata(manifest.sha256, manifest.training, report))
+    if report["decision"] == "pass":
+        registry.promote(candidate.tag, expected_production=production.sha256 if production else None)
+        status = "promoted"
+    else:
+        status = "rejected"
+    state_path.unlink(missing_ok=True)
+    return RetrainResult(status, candidate.tag, model_dir, report["reasons"])
+
+
+def _total_steps(state: dict) -> int:
+    cfg = RunConfig.model_validate(state["config"])
+    per_epoch = state["data"]["train"]["images"] // cfg.batch_size // cfg.loss.d_steps
+    return min(cfg.epochs * per_epoch, cfg.max_steps or 10**18)
+
+
+def _headline(report: dict) -> dict:
+    c = report["figures"]["candidate"]
+    return {
+        "decision": report["decision"],
+        "reasons": report["reasons"],
+        "fid": c["fid"],
+        "kid": c["kid"],
+        "class_entropy": c["class_entropy"],
+        "feature_judge_accuracy": c["feature_judge"]["accuracy"],
+        "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
+        "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
+        "evaluator_sha256": report["evaluator"]["sha256"],
+        "against": report["production"]["sha256"] if report["production"] else None,
+    }
+
+
+def _metadata(sha256: str, training, report: dict) -> dict:
+    headline = _headline(report)
+    return {
+        "sha256": sha256,
+        "run_id": training.run_id if training else None,
+        "step": training.step if training else None,
+        "decision": headline["decision"],
+        "fid": round(headline["fid"], 4),
+        "feature_judge_accuracy": round(headline["feature_judge_accuracy"], 4),
+        "pixel_judge_accuracy": round(headline["pixel_judge_accuracy"], 4),
+    }
