@@ -21,7 +21,7 @@ from training.config import RunConfig
 from training.export import export_checkpoint
 from training.gate import GateConfig, evaluate, write_report
 from training.registry import Registry
-from training.train import resume, train
+from training.train import planned_steps, resume, train
 
 __all__ = ["RetrainResult", "retrain"]
 
@@ -57,7 +57,7 @@ def retrain(
 
     if run_dir is not None and (run_dir / "checkpoint.pt").exists():
         done = load_checkpoint(run_dir)
-        if done["step"] < _total_steps(done):
+        if done["step"] < planned_steps(RunConfig.model_validate(done["config"]), done["data"]["train"]["images"]):
             log.info("resuming the interrupted job's run %s at step %d", run_dir, done["step"])
             resume(run_dir, progress=progress)
     else:
@@ -86,12 +86,6 @@ def retrain(
         status = "rejected"
     state_path.unlink(missing_ok=True)
     return RetrainResult(status, candidate.tag, model_dir, report["reasons"])
-
-
-def _total_steps(state: dict) -> int:
-    cfg = RunConfig.model_validate(state["config"])
-    per_epoch = state["data"]["train"]["images"] // cfg.batch_size // cfg.loss.d_steps
-    return min(cfg.epochs * per_epoch, cfg.max_steps or 10**18)
 
 
 def _headline(report: dict) -> dict:

@@ -33,7 +33,7 @@ from training.data import Splits, load_splits
 from training.losses import LOSSES, gradient_penalty
 from training.networks import build_networks
 
-__all__ = ["RESUMABLE_KEYS", "resume", "train"]
+__all__ = ["RESUMABLE_KEYS", "planned_steps", "resume", "train"]
 
 log = logging.getLogger("ganserve.train")
 
@@ -66,6 +66,12 @@ def resume(run_dir: Path, *, overrides: dict | None = None, progress: bool = Tru
         raise ConfigError(f"cannot change {', '.join(sorted(unknown))} on resume; only {allowed}")
     cfg = RunConfig.model_validate({**state["config"], **overrides})
     return _run(cfg, runs_dir=run_dir.parent, run_dir=run_dir, state=state, progress=progress)
+
+
+def planned_steps(cfg: RunConfig, train_images: int) -> int:
+    """G steps a run of ``cfg`` makes in all: its epochs, or ``max_steps`` if that comes first."""
+    per_epoch = train_images // cfg.batch_size // cfg.loss.d_steps
+    return min(cfg.epochs * per_epoch, cfg.max_steps or cfg.epochs * per_epoch)
 
 
 def _run(cfg: RunConfig, *, runs_dir: Path, run_dir: Path | None, state: dict | None, progress: bool) -> Path:
@@ -102,6 +108,14 @@ class _Trainer:
         self.splits: Splits = load_splits(cfg.data)
         cfg = self._complete(cfg)
         self.cfg, self.loss = cfg, LOSSES[cfg.loss.name]
+        self.local_batch = cfg.batch_size // proc.world
+        self.batches_per_epoch = len(self.splits.train) // cfg.batch_size
+        if self.batches_per_epoch < cfg.loss.d_steps:
+            raise ConfigError(
+                f"{len(self.splits.train)} training images make {self.batches_per_epoch} batch(es) of "
+                f"{cfg.batch_size}; a G step needs {cfg.loss.d_steps}: lower batch_size or loss.d_steps"
+            )
+        self.total_steps = planned_steps(cfg, len(self.splits.train))
         self.run_dir = run_dir if state is not None else self._new_folder(runs_dir, run_dir)
 
         torch.manual_seed(cfg.seed)  # weight init depends on the seed alone
@@ -109,7 +123,7 @@ class _Trainer:
         self.G, self.D = (net.to(proc.device, memory_format=self.memory_format) for net in build_networks(cfg.model))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema.enabled else None
         self.opt_G, self.opt_D = self._optimizer(self.G, cfg.optim.lr_g), self._optimizer(self.D, cfg.optim.lr_d)
-        # Noise (latents, fake labels, GP mixing) comes from one generator per process, saved in the checkpoint.
+        # Noise (latents, GP mixing) comes from one generator per process, saved in the checkpoint.
         self.noise = torch.Generator(proc.device).manual_seed(cfg.seed * 1000 + proc.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
         if state is not None:
@@ -118,15 +132,6 @@ class _Trainer:
 
         self.images = self.splits.train.images.to(proc.device)
         self.labels = None if self.splits.train.labels is None else self.splits.train.labels.to(proc.device)
-        self.local_batch = cfg.batch_size // proc.world
-        self.batches_per_epoch = len(self.images) // cfg.batch_size
-        if self.batches_per_epoch < cfg.loss.d_steps:
-            raise ConfigError(
-                f"{len(self.images)} training images make {self.batches_per_epoch} batch(es) of {cfg.batch_size}; "
-                f"a G step needs {cfg.loss.d_steps}: lower batch_size or loss.d_steps"
-            )
-        self.steps_per_epoch = self.batches_per_epoch // cfg.loss.d_steps
-        self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 10**18)
         use_amp = cfg.amp and proc.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
         self.stop_requested, self.saved_step = False, self.step
