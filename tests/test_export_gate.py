@@ -144,7 +144,7 @@ def test_rejects_a_generator_that_replays_training_images(world, tmp_path):
 
 
 def test_rejects_a_worse_generator_when_production_is_better(world, tmp_path):
-    export_module(BlobGenerator(square=150, noise=90), tmp_path / "weak", latent_dim=LATENT, image=IMAGE)
+    export_module(BlobGenerator(square=200, noise=70), tmp_path / "weak", latent_dim=LATENT, image=IMAGE)
     alone = judge(world, tmp_path / "weak")
     assert alone["decision"] == "pass", alone["reasons"]  # it passes the absolute checks on its own...
     report = judge(world, tmp_path / "weak", production=world["production"])

@@ -73,9 +73,11 @@ class _Classifier(nn.Module):
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
+        # Two conv blocks, as in the design note's evaluator (89.8 % in 3 epochs); BatchNorm, flips and a one-cycle
+        # schedule lift it past 90 %. Deeper stacks cost 4x the time on 2 CPU cores for a point of accuracy.
         self.body = nn.Sequential(
-            *block(channels, w), *block(w, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *block(channels, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(7), nn.Flatten(),
             nn.Linear(2 * w * 49, cfg.feature_dim), nn.ReLU(inplace=True),
         )  # fmt: skip

@@ -206,8 +206,6 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dic
             ctx["heldout"], images, seeds=cfg.pixel_judge_seeds, epochs=cfg.pixel_judge_epochs
         ),
         "parity_levels": model.manifest.parity_levels,
-        "_grid": images[:64],
-        "_labels": requested,
     }
 
 
@@ -271,30 +269,16 @@ def _checks(c: dict, p: dict | None, manifest: Manifest, cfg: GateConfig) -> lis
 
 
 def write_report(folder: Path, report: dict) -> None:
-    """Write report.json, report.md and grid.png next to the model."""
-    figures = report["figures"]
-    cand = figures["candidate"]
-    grid, labels = cand.pop("_grid"), cand.pop("_labels")
-    if "production" in figures:
-        figures["production"].pop("_grid")
-        figures["production"].pop("_labels")
-    classes = len(set(labels.tolist())) if labels is not None else None
-    if classes:  # one class a column
-        order = np.argsort(labels[: len(grid)], kind="stable")
-        grid = grid[order]
-    save_grid(grid, folder / "grid.png", cols=classes)
-    (folder / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model."""
+    model = _Model(folder)
+    classes = len(model.manifest.class_names)
+    first = report["seeds"]["first"]
+    images, _, labels = model.sample(range(first, first + (6 * classes if classes else 64)))
+    if labels is not None:
+        images = images[np.argsort(labels, kind="stable").reshape(classes, -1).T.ravel()]
+    save_grid(images, folder / "grid.png", cols=classes or None)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(_markdown(report))
-
-
-def _judge_cell(j: dict) -> str:
-    return f"{j['accuracy']:.4f} ± {j['accuracy_sd']:.4f} (JSD ≥ {j['jsd_lower_bound_nats']:.3f} nats)"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _markdown(r: dict) -> str:
@@ -340,3 +324,7 @@ def _markdown(r: dict) -> str:
         lines.append(f"| GAN's own D accuracy (diagnostic) | {own['accuracy']:.4f} | |")
     lines += ["", "## Decision", ""] + [f"- {reason}" for reason in r["reasons"]] + ["", "![samples](grid.png)", ""]
     return "\n".join(lines)
+
+
+def _judge_cell(j: dict) -> str:
+    return f"{j['accuracy']:.4f} ± {j['accuracy_sd']:.4f} (JSD ≥ {j['jsd_lower_bound_nats']:.3f} nats)"
