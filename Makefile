@@ -6,6 +6,8 @@ FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 # torch first, pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 3000
 
 .PHONY: help install data test lint format serve bench-train clean
 
@@ -51,10 +53,10 @@ format: install
 test: install data lint
 	$(BIN)/pytest
 
-serve: install data
-	@echo "ganserve's HTTP service arrives with the serving issue (#4); until then, train with:" >&2
-	@echo "  $(BIN)/ganserve train --config configs/fashion-mnist.yaml" >&2
-	@exit 2
+# Serves production from the BentoML store; the shipped default model becomes production if there is none.
+serve: install
+	$(BIN)/ganserve import models/default --promote-if-empty
+	$(BIN)/bentoml serve service.service:GANServe --host $(HOST) --port $(PORT)
 
 bench-train: install data
 	$(BIN)/python bench/train.py

@@ -17,11 +17,20 @@ PROTOCOL = "numpy-default_rng-standard_normal-float32/v1"
 MAX_SEED = 2**32  # seeds are 0 <= s < 2**32, what an HTTP client can send as a plain JSON integer
 
 
-def latents_for_seeds(seeds: Sequence[int], latent_dim: int) -> np.ndarray:
-    """Return a float32 array of shape ``(len(seeds), latent_dim)``; row i is z ~ N(0, I) drawn from seed i."""
+def latents_for_seeds(seeds: Sequence[int], latent_dim: int, *, truncation: float | None = None) -> np.ndarray:
+    """Return a float32 array of shape ``(len(seeds), latent_dim)``; row i is z ~ N(0, I) drawn from seed i.
+
+    With ``truncation`` t, entries with |z| > t are redrawn from the same generator until none is left (the
+    truncation trick: fidelity for variety); the result still depends on the seed and t alone.
+    """
     out = np.empty((len(seeds), latent_dim), dtype=np.float32)
     for row, seed in enumerate(seeds):
         if not 0 <= seed < MAX_SEED:
             raise ValueError(f"seed {seed} is out of range: seeds are integers with 0 <= seed < 2**32")
-        out[row] = np.random.default_rng(seed).standard_normal(latent_dim, dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal(latent_dim, dtype=np.float32)
+        if truncation is not None:
+            while (outside := np.abs(z) > truncation).any():
+                z[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+        out[row] = z
     return out

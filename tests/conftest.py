@@ -125,3 +125,13 @@ class Black(torch.nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z[:, :1, None, None].expand(-1, 1, 28, 28) * 0 - 1
+
+
+class LabelledBlobs(BlobGenerator):
+    """The blob generator made class-conditional: the caller's label picks the square."""
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        uniform = 0.5 * (1 + torch.erf(z / 2**0.5))
+        mask = self.masks[labels]
+        background = uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise
+        return ((background * (1 - mask) + self.square * mask) / 127.5 - 1).unsqueeze(1)

@@ -138,6 +138,25 @@ def models() -> None:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+@app.command("import")
+def import_cmd(
+    folder: Path = typer.Argument(..., help="an exported model folder, e.g. models/default"),
+    promote_if_empty: bool = typer.Option(False, "--promote-if-empty", help="promote it if there is no production"),
+) -> None:
+    """Store an exported model folder in the registry as a candidate (what `make serve` does with models/default)."""
+    from training.registry import Registry
+
+    with _errors():
+        registry = Registry()
+        current = registry.production()
+        if promote_if_empty and current is not None:
+            typer.echo(f"production is {current.tag}; nothing imported")
+            return
+        entry = registry.import_model(folder, promote_if_empty=promote_if_empty)
+        now = registry.production()
+    typer.echo(f"imported {folder} as {entry.tag}" + (f"; production is {now.tag}" if now else ""))
+
+
 @app.command()
 def promote(
     version: str = typer.Argument(..., help="a candidate version (or name:version, or a unique prefix)"),

@@ -130,7 +130,7 @@ def evaluate(
     if prod is not None:
         figures["production"] = _figures(prod, judge, context, cfg)
     if checkpoint is not None:
-        figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, heldout, cand, cfg)
+        figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, splits, cand, cfg)
 
     checks = _checks(figures["candidate"], figures.get("production"), cand.manifest, cfg)
     failed = [c for c in checks if not c["passed"]]
@@ -209,7 +209,7 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dic
     }
 
 
-def _own_discriminator(checkpoint: Path, heldout: np.ndarray, model: _Model, cfg: GateConfig) -> dict:
+def _own_discriminator(checkpoint: Path, splits: Splits, model: _Model, cfg: GateConfig) -> dict:
     """The GAN's own trained D on held-out real vs generated images: a diagnostic, never a gate."""
     import torch
 
@@ -221,13 +221,14 @@ def _own_discriminator(checkpoint: Path, heldout: np.ndarray, model: _Model, cfg
     d = Discriminator(RunConfig.model_validate(state["config"]).model)
     d.load_state_dict(state["D"])
     d.eval()
-    n = min(2000, len(heldout))
+    n = min(2000, len(splits.heldout))
     images, _, labels = model.sample(range(cfg.seed, cfg.seed + n))
-    to_x = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
-    label_t = None if labels is None else torch.from_numpy(labels)
-    with torch.no_grad():
-        real = d(to_x(heldout[:n]), label_t).numpy()
-        fake = d(to_x(images), label_t).numpy()
+    conditional = labels is not None
+    real_x = splits.heldout.images[:n].float() / 127.5 - 1
+    fake_x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():  # each image is scored with its own label: the true one, or the one it was drawn for
+        real = d(real_x, splits.heldout.labels[:n] if conditional else None).numpy()
+        fake = d(fake_x, torch.from_numpy(labels) if conditional else None).numpy()
     return {
         "mean_score_real": float(real.mean()),
         "mean_score_fake": float(fake.mean()),

@@ -105,6 +105,30 @@ class Registry:
         """Store an exported, evaluated model folder as a new candidate version."""
         return self._commit(CANDIDATE_NAME, folder, labels={"stage": "candidate"}, metadata=metadata)
 
+    def import_model(self, folder: Path, *, promote_if_empty: bool = False) -> Entry:
+        """Store an exported model folder (e.g. the shipped ``models/default``) as a candidate, with the figures of
+        its gate report; with ``promote_if_empty``, also promote it when there is no production model yet."""
+        import json
+
+        from service.manifest import read_manifest
+
+        manifest = read_manifest(folder)  # refuses a folder whose ONNX file does not match its manifest
+        report_path = Path(folder) / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else None
+        figures = report["figures"]["candidate"] if report else {}
+        metadata = {
+            "sha256": manifest.sha256,
+            "run_id": manifest.training.run_id if manifest.training else None,
+            "decision": report["decision"] if report else "not judged",
+            "fid": figures.get("fid"),
+            "feature_judge_accuracy": figures.get("feature_judge", {}).get("accuracy"),
+            "imported_from": str(folder),
+        }
+        entry = self.add_candidate(folder, metadata=metadata)
+        if promote_if_empty and self.production() is None:
+            self.promote(entry.version, expected_production=None, force=True)
+        return entry
+
     def promote(self, version: str, *, expected_production: str | None = "unchecked", force: bool = False) -> Entry:
         """Make a candidate production. ``expected_production`` (a sha256, or None for "no production yet")
         refuses the promotion if production changed since the candidate was judged against it."""

@@ -1,0 +1,235 @@
+"""ganserve's HTTP service: ``bentoml serve service.service:GANServe``.
+
+Two services. ``Generator`` (one worker) owns the onnxruntime session; its batchable ``run`` lets BentoML merge the
+latents of concurrent requests into one onnxruntime run. ``GANServe`` is the HTTP entry: it validates, draws each
+image's latent from its seed, calls ``Generator.run`` and encodes PNGs. Promotion is picked up without a restart:
+the Generator polls the registry's production pointer and swaps its model when it moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import io
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.validators import ContentType
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from service.imaging import tile
+from service.latents import MAX_SEED, latents_for_seeds
+from service.runtime import GeneratorRuntime, pack, unpack
+
+log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
+
+MODEL_TAG = os.environ.get("GANSERVE_MODEL_TAG", "ganserve-generator:latest")
+MAX_N = int(os.environ.get("GANSERVE_MAX_N", "64"))
+RELOAD_SECONDS = float(os.environ.get("GANSERVE_RELOAD_SECONDS", "5"))
+MAX_CONCURRENCY = int(os.environ.get("GANSERVE_MAX_CONCURRENCY", "256"))  # beyond it: 429
+UNAUTHORIZED = {"error": "missing or wrong API key: send the header Authorization: Bearer <key>"}
+MAX_BATCH = 256  # rows per onnxruntime run
+# Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
+# killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
+NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
+
+
+class GenerateRequest(BaseModel):
+    """Body of /generate and /generate_batch. Unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: Annotated[int, Field(ge=1, le=MAX_N, description="images; a grid when more than one")] = 1
+    seed: Annotated[int | None, Field(ge=0, lt=MAX_SEED, description="image i gets seed + i; random if absent")] = None
+    truncation: Annotated[float | None, Field(gt=0, le=4, description="resample |z| above this (truncation trick)")] = (
+        None
+    )
+    label: Annotated[int | str | None, Field(description="class name or index, for a conditional model")] = None
+
+
+@bentoml.service(workers=1, traffic={"timeout": 60}, runner_connection=NEVER_RECYCLE)
+class Generator:
+    model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.runtime = GeneratorRuntime(Path(self.model.path))
+        self.runtime.warm_up()
+        self.watcher: asyncio.Task | None = None
+
+    @bentoml.on_startup
+    async def _watch(self) -> None:
+        if RELOAD_SECONDS > 0:
+            self.watcher = asyncio.create_task(self._follow_production())
+
+    async def _follow_production(self) -> None:
+        """Swap in a newly promoted model: load it beside the old one, warm it up, then switch in one assignment."""
+        while True:
+            await asyncio.sleep(RELOAD_SECONDS)
+            try:
+                path = Path(bentoml.models.get(MODEL_TAG).path)
+                if path != self.runtime.folder:
+                    fresh = await asyncio.to_thread(GeneratorRuntime, path)
+                    await asyncio.to_thread(fresh.warm_up)
+                    self.runtime = fresh
+                    log.info("now serving %s (%s)", fresh.version, path)
+            except Exception:  # a half-visible promotion or a store hiccup must never take the model down
+                log.exception("could not check for a newly promoted model; still serving %s", self.runtime.version)
+
+    @bentoml.api
+    async def describe(self) -> dict[str, Any]:
+        m = self.runtime.manifest
+        return {"version": self.runtime.version, "provider": self.runtime.provider, **m.model_dump(mode="json")}
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
+    async def run(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of [z, label] from any number of requests -> one uint8 row per image: its pixels (H*W*C), then
+        the 12 ASCII bytes of the version that drew it, so a request never mislabels an image across a swap."""
+        runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
+        z, labels = unpack(rows)
+        images = runtime.run(z, labels).reshape(len(rows), -1)
+        version = np.frombuffer(runtime.version.encode(), dtype=np.uint8)
+        return np.concatenate([images, np.broadcast_to(version, (len(rows), len(version)))], axis=1)
+
+
+app = FastAPI(title="ganserve pages")  # GET routes and the web page, bound to GANServe below
+
+
+@bentoml.service(traffic={"timeout": 60, "max_concurrency": MAX_CONCURRENCY})
+@bentoml.asgi_app(app, path="/")
+class GANServe:
+    """The HTTP entry: POST /generate (PNG), POST /generate_batch (JSON), GET /info, GET /ui."""
+
+    generator = bentoml.depends(Generator)
+
+    def __init__(self) -> None:
+        self.api_key = os.environ.get("GANSERVE_API_KEY") or None
+        self.described: dict[str, Any] | None = None
+        self.images_total = bentoml.metrics.Counter(
+            name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint"]
+        )
+        self.model_info = bentoml.metrics.Gauge(
+            name="ganserve_model_info", documentation="1 for the model version being served", labelnames=["version"]
+        )
+
+    async def _describe(self, version: str | None = None) -> dict[str, Any]:
+        if self.described is None or (version is not None and version != self.described["version"]):
+            if self.described is not None:
+                self.model_info.labels(version=self.described["version"]).set(0)
+            self.described = await self.generator.describe()
+            self.model_info.labels(version=self.described["version"]).set(1)
+        return self.described
+
+    def _authorized(self, authorization: str | None) -> bool:
+        if self.api_key is None:
+            return True
+        return hmac.compare_digest((authorization or "").encode(), f"Bearer {self.api_key}".encode())
+
+    async def _images(self, req: GenerateRequest) -> tuple[list[int], list[int | None], np.ndarray, str] | dict:
+        info = await self._describe()
+        classes = info["class_names"]
+        label, problem = _label_index(req.label, classes)
+        if problem:
+            return problem
+        first = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
+        seeds = [(first + i) % MAX_SEED for i in range(req.n)]
+        labels = None
+        if classes:  # without a label, a conditional model cycles through the classes by seed
+            labels = np.array([label if label is not None else s % len(classes) for s in seeds], dtype=np.int64)
+        z = latents_for_seeds(seeds, info["latent_dim"], truncation=req.truncation)
+        rows = await self.generator.to_async.run(pack(z, labels))
+        version = bytes(rows[0, -12:]).decode()
+        if version != info["version"]:  # a promotion landed: the images say which model drew them
+            info = await self._describe(version)
+        shape = (req.n, info["image"]["height"], info["image"]["width"], info["image"]["channels"])
+        images = rows[:, :-12].reshape(shape)
+        return seeds, (labels.tolist() if labels is not None else [None] * req.n), images, version
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, ctx: bentoml.Context, **body: Any) -> Annotated[bytes, ContentType("image/png")]:
+        """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+        if not self._authorized(ctx.request.headers.get("authorization")):
+            return _problem(ctx, 401, UNAUTHORIZED)
+        drawn = await self._images(GenerateRequest(**body))
+        if isinstance(drawn, dict):
+            return _problem(ctx, 400, drawn)
+        seeds, _, images, version = drawn
+        self.images_total.labels(endpoint="generate").inc(len(images))
+        ctx.response.headers["X-Seeds"] = ",".join(map(str, seeds))
+        ctx.response.headers["X-Model-Version"] = version
+        return Response(_png(images[0] if len(images) == 1 else tile(images)), media_type="image/png")
+
+    @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
+    async def generate_batch(self, ctx: bentoml.Context, **body: Any) -> dict[str, Any]:
+        """The same images as /generate, each its own PNG, base64 in JSON with its seed and label."""
+        if not self._authorized(ctx.request.headers.get("authorization")):
+            return _problem(ctx, 401, UNAUTHORIZED)
+        drawn = await self._images(GenerateRequest(**body))
+        if isinstance(drawn, dict):
+            return _problem(ctx, 400, drawn)
+        seeds, labels, images, version = drawn
+        self.images_total.labels(endpoint="generate_batch").inc(len(images))
+        classes = self.described["class_names"]
+        return {
+            "model_version": version,
+            "images": [
+                {"seed": s, "label": None if lab is None else classes[lab], "label_index": lab,
+                 "png": base64.b64encode(_png(img)).decode()}
+                for s, lab, img in zip(seeds, labels, images, strict=True)
+            ],
+        }  # fmt: skip
+
+    @app.get("/ui")
+    async def page(self) -> HTMLResponse:
+        """A page to draw images, pick n, seed, label and truncation, and click an image for its seed."""
+        return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
+
+    @app.get("/info")
+    async def info(self, request: Request) -> JSONResponse:
+        """The served model and the limits of this API."""
+        if not self._authorized(request.headers.get("authorization")):
+            return JSONResponse(UNAUTHORIZED, status_code=401)
+        d = await self._describe()
+        return JSONResponse({
+            "model_version": d["version"],
+            "provider": d["provider"],
+            "image": d["image"],
+            "latent_dim": d["latent_dim"],
+            "latent_protocol": d["latent_protocol"],
+            "class_names": d["class_names"],
+            "gate": d.get("gate"),
+            "limits": {"n": [1, MAX_N], "seed": [0, MAX_SEED - 1], "truncation": "0 < t <= 4",
+                       "max_concurrency": MAX_CONCURRENCY, "auth": self.api_key is not None},
+        })  # fmt: skip
+
+
+def _label_index(label: int | str | None, classes: list[str]) -> tuple[int | None, dict | None]:
+    if label is None:
+        return None, None
+    if not classes:
+        return None, {"error": "this model is unconditional: it takes no label", "allowed": []}
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+        return label, None
+    if isinstance(label, str) and label in classes:
+        return classes.index(label), None
+    return None, {"error": f"unknown label {label!r}", "allowed": classes, "allowed_indices": [0, len(classes) - 1]}
+
+
+def _problem(ctx: bentoml.Context, status: int, body: dict) -> JSONResponse:
+    ctx.response.status_code = status  # BentoML applies the context's status over any returned response
+    return JSONResponse(body, status_code=status)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,256 @@
+"""The real service: `bentoml serve` on a free loopback port, a real model store, real HTTP."""
+
+import asyncio
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import BlobGenerator, LabelledBlobs
+from PIL import Image
+
+from service.imaging import grid_shape, tile
+from service.manifest import ImageSpec
+from training.export import export_module
+from training.registry import Registry
+
+ROOT = Path(__file__).parent.parent
+IMAGE = ImageSpec(height=28, width=28, channels=1)
+CLASSES = ["top-left", "upper", "lower", "bottom-right"]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in a subprocess, stopped with the fixture."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**os.environ, "BENTOML_HOME": str(home), "GANSERVE_RELOAD_SECONDS": "1", **env}
+        cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:GANServe", "--host", "127.0.0.1",
+               "--port", str(self.port)]  # fmt: skip
+        self.log = open(home / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, Path(self.log.name).read_text()[-3000:]
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError("the service did not become ready in 90 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def promote(home: Path, folder: Path) -> str:
+    reg = Registry(home)
+    entry = reg.add_candidate(folder, metadata={"sha256": folder.name, "decision": "pass"})
+    return reg.promote(entry.version).tag
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    export_module(LabelledBlobs(), root / "conditional", latent_dim=800, image=IMAGE, class_names=CLASSES)
+    export_module(BlobGenerator(square=120), root / "plain", latent_dim=800, image=IMAGE)
+    promote(root, root / "conditional")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    s = Server(home)
+    yield s
+    s.stop()
+
+
+def png(body: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(body))
+    assert image.format == "PNG"
+    return np.asarray(image)
+
+
+def post(server, path="/generate", **body) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, timeout=30)
+
+
+def test_one_image_and_a_grid_with_their_seeds(server):
+    one = post(server, n=1, seed=7, label="upper")
+    assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    assert one.headers["x-seeds"] == "7" and len(one.headers["x-model-version"]) == 12
+    assert png(one.content).shape == (28, 28)
+    grid = post(server, n=5, seed=7, label=1)
+    assert grid.headers["x-seeds"] == "7,8,9,10,11"
+    assert png(grid.content).shape == (2 * 28 + 3 * 2, 3 * 28 + 4 * 2)  # 2 rows x 3 columns, 2 px apart
+
+
+def test_an_image_seed_gives_the_same_pixels_in_any_request(server):
+    alone = png(post(server, n=1, seed=10, label=2).content)
+    grid = png(post(server, n=4, seed=7, label=2).content)
+    singles = [png(post(server, n=1, seed=s, label=2).content)[..., None] for s in (7, 8, 9, 10)]
+    np.testing.assert_array_equal(grid, tile(np.stack(singles))[..., 0])  # the grid is its seeds' images
+    np.testing.assert_array_equal(singles[3][..., 0], alone)
+    batch = post(server, "/generate_batch", n=4, seed=7, label=2).json()
+    assert [i["seed"] for i in batch["images"]] == [7, 8, 9, 10] and batch["images"][0]["label"] == "lower"
+    np.testing.assert_array_equal(png(base64.b64decode(batch["images"][3]["png"])), alone)
+
+    async def concurrently() -> list[bytes]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            calls = [client.post("/generate", json={"n": 1 + i % 4, "seed": 10 - i % 4, "label": 2}) for i in range(24)]
+            return [r.content for r in await asyncio.gather(*calls)]
+
+    for i, body in enumerate(asyncio.run(concurrently())):  # every request ends with seed 10, amid other traffic
+        n = 1 + i % 4
+        np.testing.assert_array_equal(tile_at(png(body), n, n - 1), alone)
+
+
+def tile_at(grid: np.ndarray, n: int, i: int, size: int = 28, pad: int = 2) -> np.ndarray:
+    if n == 1:
+        return grid
+    cols = grid_shape(n)[1]
+    r, c = divmod(i, cols)
+    return grid[
+        pad + r * (size + pad) : pad + r * (size + pad) + size, pad + c * (size + pad) : pad + c * (size + pad) + size
+    ]
+
+
+def test_without_a_seed_random_seeds_are_drawn_and_returned(server):
+    first, second = post(server, n=2), post(server, n=2)
+    assert first.headers["x-seeds"] != second.headers["x-seeds"]
+    seed = int(first.headers["x-seeds"].split(",")[0])
+    again = post(server, n=2, seed=seed)
+    assert again.content == first.content
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"n": "two"}, 400, "Input should be a valid integer"),
+        ({"n": 0}, 400, "greater than or equal to 1"),
+        ({"n": 65}, 400, "less than or equal to 64"),
+        ({"seed": -1}, 400, "greater than or equal to 0"),
+        ({"seed": 2**32}, 400, "less than 4294967296"),
+        ({"truncation": 0}, 400, "greater than 0"),
+        ({"label": "zebra"}, 400, "unknown label 'zebra'"),
+        ({"label": 4}, 400, "unknown label 4"),
+        ({"colour": "red"}, 400, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_says_what_is_wrong(server, body, status, says):
+    r = post(server, **body)
+    assert r.status_code == status and says in r.text, r.text
+    assert "error" in r.json()
+
+
+def test_unknown_label_lists_the_allowed_ones(server):
+    assert post(server, label="zebra").json()["allowed"] == CLASSES
+
+
+def test_a_body_that_is_not_json(server):
+    r = httpx.post(f"{server.url}/generate", content=b"n=3", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "Invalid JSON" in r.text
+
+
+def test_info_health_metrics_and_openapi(server):
+    info = httpx.get(f"{server.url}/info").json()
+    assert (
+        info["class_names"] == CLASSES and info["limits"]["n"] == [1, 64] and info["provider"] == "CPUExecutionProvider"
+    )
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+    post(server, n=3)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'ganserve_images_generated_total{endpoint="generate"}' in metrics
+    assert f'version="{info["model_version"]}"' in metrics
+    assert "/generate" in httpx.get(f"{server.url}/docs.json").json()["paths"]
+    assert "<title>ganserve</title>" in httpx.get(f"{server.url}/ui").text
+
+
+def test_more_than_300_requests_through_the_batching_path(server):
+    """bentoml#5540 recycles the inter-service connection every 100 calls; the workaround must hold."""
+
+    async def load() -> list[int]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            sem = asyncio.Semaphore(32)
+
+            async def one(i: int) -> int:
+                async with sem:
+                    return (await client.post("/generate", json={"n": 1, "seed": i})).status_code
+
+            return await asyncio.gather(*(one(i) for i in range(320)))
+
+    statuses = asyncio.run(load())
+    assert statuses.count(200) == 320, {s: statuses.count(s) for s in set(statuses)}
+    metrics = httpx.get(f"{server.url}/metrics").text
+    count = _metric(metrics, "bentoml_service_adaptive_batch_size_count")
+    total = _metric(metrics, "bentoml_service_adaptive_batch_size_sum")
+    assert count and total / count > 1.0  # concurrent requests were merged into shared onnxruntime runs
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_hot_promotion_under_load_fails_no_request(home, server):
+    before = httpx.get(f"{server.url}/info").json()["model_version"]
+
+    async def load_until_switch() -> tuple[list[int], set[str]]:
+        statuses, versions = [], set()
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            deadline = time.monotonic() + 40
+            promoted = False
+            while time.monotonic() < deadline:
+                batch = await asyncio.gather(*(client.post("/generate", json={"n": 2}) for _ in range(8)))
+                statuses += [r.status_code for r in batch]
+                versions |= {r.headers.get("x-model-version") for r in batch}
+                if not promoted:
+                    await asyncio.to_thread(promote, home, home / "plain")  # unconditional: labels now refused
+                    promoted = True
+                elif len(versions) > 1 and len(statuses) > 100:
+                    break
+        return statuses, versions
+
+    statuses, versions = asyncio.run(load_until_switch())
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert before in versions and len(versions) == 2  # the switch happened, within the 30 s budget
+    after = httpx.get(f"{server.url}/info").json()
+    assert after["model_version"] != before and after["class_names"] == []
+    r = post(server, label="upper")
+    assert r.status_code == 400 and "unconditional" in r.text
+
+
+def test_an_api_key_guards_generation_but_not_health(home):
+    s = Server(home, GANSERVE_API_KEY="s3cret")
+    try:
+        assert httpx.post(f"{s.url}/generate", json={}).status_code == 401
+        wrong = httpx.post(f"{s.url}/generate", json={}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "Authorization: Bearer" in wrong.json()["error"]
+        assert httpx.get(f"{s.url}/info").status_code == 401
+        ok = httpx.post(f"{s.url}/generate", json={}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{s.url}/readyz").status_code == 200 and httpx.get(f"{s.url}/metrics").status_code == 200
+    finally:
+        s.stop()
