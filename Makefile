@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: help install data test lint format serve bench-train clean
+.PHONY: help install data browser test lint format serve bench-train clean
 
 help:
 	@echo "make serve        set up and serve the default model on http://127.0.0.1:3000"
@@ -42,6 +42,18 @@ data:
 	  exit 1; \
 	fi
 
+# The web page is tested in Debian's Chromium, driven through its chromedriver.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium and chromium-driver with apt-get for the page test"; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || true; \
+	  fi; \
+	fi; \
+	command -v chromium >/dev/null 2>&1 || \
+	  echo "warning: no chromium; the page test will be skipped (apt-get install -y chromium chromium-driver)" >&2
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -50,7 +62,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install data lint
+test: install data browser lint
 	$(BIN)/pytest
 
 # Serves production from the BentoML store; the shipped default model becomes production if there is none.

@@ -56,6 +56,8 @@ def _providers(ort) -> list[str]:
     """CUDA first when an NVIDIA driver is present; without one, asking for CUDA only fills the log with errors."""
     wanted = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers() and ctypes.util.find_library("cuda"):
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from onnxruntime-gpu[cuda,cudnn]'s pip packages
+            ort.preload_dlls()
         wanted.insert(0, "CUDAExecutionProvider")
     return wanted
 

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from training.config import RunConfig, validate_config
+from training.registry import Registry
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).parent.parent
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -135,3 +143,52 @@ class LabelledBlobs(BlobGenerator):
         mask = self.masks[labels]
         background = uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise
         return ((background * (1 - mask) + self.square * mask) / 127.5 - 1).unsqueeze(1)
+
+
+# --- a real server ----------------------------------------------------------------------------------------------------
+
+CLASSES = ["top-left", "upper", "lower", "bottom-right"]  # LabelledBlobs' four classes, by where the square sits
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in a subprocess, stopped with the fixture."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**os.environ, "BENTOML_HOME": str(home), "GANSERVE_RELOAD_SECONDS": "1", **env}
+        cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:GANServe", "--host", "127.0.0.1",
+               "--port", str(self.port)]  # fmt: skip
+        self.log = open(home / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, Path(self.log.name).read_text()[-3000:]
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError("the service did not become ready in 90 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def promote(home: Path, folder: Path) -> str:
+    reg = Registry(home)
+    entry = reg.add_candidate(folder, metadata={"sha256": folder.name, "decision": "pass"})
+    return reg.promote(entry.version).tag

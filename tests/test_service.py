@@ -3,72 +3,20 @@
 import asyncio
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import BlobGenerator, LabelledBlobs
+from conftest import CLASSES, BlobGenerator, LabelledBlobs, Server, promote
 from PIL import Image
 
 from service.imaging import grid_shape, tile
 from service.manifest import ImageSpec
 from training.export import export_module
-from training.registry import Registry
 
-ROOT = Path(__file__).parent.parent
 IMAGE = ImageSpec(height=28, width=28, channels=1)
-CLASSES = ["top-left", "upper", "lower", "bottom-right"]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`bentoml serve` in a subprocess, stopped with the fixture."""
-
-    def __init__(self, home: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "BENTOML_HOME": str(home), "GANSERVE_RELOAD_SECONDS": "1", **env}
-        cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:GANServe", "--host", "127.0.0.1",
-               "--port", str(self.port)]  # fmt: skip
-        self.log = open(home / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, Path(self.log.name).read_text()[-3000:]
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError("the service did not become ready in 90 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-def promote(home: Path, folder: Path) -> str:
-    reg = Registry(home)
-    entry = reg.add_candidate(folder, metadata={"sha256": folder.name, "decision": "pass"})
-    return reg.promote(entry.version).tag
 
 
 @pytest.fixture(scope="module")
