@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service.imaging import tile
 from service.latents import MAX_SEED, latents_for_seeds
+from service.limits import BodyLimit
 from service.runtime import GeneratorRuntime, pack, unpack
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
@@ -35,6 +36,7 @@ MODEL_TAG = os.environ.get("GANSERVE_MODEL_TAG", "ganserve-generator:latest")
 MAX_N = int(os.environ.get("GANSERVE_MAX_N", "64"))
 RELOAD_SECONDS = float(os.environ.get("GANSERVE_RELOAD_SECONDS", "5"))
 MAX_CONCURRENCY = int(os.environ.get("GANSERVE_MAX_CONCURRENCY", "256"))  # beyond it: 429
+MAX_BODY = int(os.environ.get("GANSERVE_MAX_BODY", "4096"))  # bytes; a valid /generate body is under 100
 UNAUTHORIZED = {"error": "missing or wrong API key: send the header Authorization: Bearer <key>"}
 MAX_BATCH = 256  # rows per onnxruntime run
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
@@ -208,6 +210,9 @@ class GANServe:
             "limits": {"n": [1, MAX_N], "seed": [0, MAX_SEED - 1], "truncation": "0 < t <= 4",
                        "max_concurrency": MAX_CONCURRENCY, "auth": self.api_key is not None},
         })  # fmt: skip
+
+
+GANServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY)
 
 
 def _label_index(label: int | str | None, classes: list[str]) -> tuple[int | None, dict | None]:

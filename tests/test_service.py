@@ -113,6 +113,17 @@ def test_bad_input_gets_a_4xx_that_says_what_is_wrong(server, body, status, says
     assert "error" in r.json()
 
 
+def test_a_body_over_the_limit_is_refused(server):
+    r = httpx.post(f"{server.url}/generate", content=b'{"n": 1, "pad": "' + b"x" * 10_000 + b'"}',
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 413 and "at most 4096 bytes" in r.json()["error"]
+
+
+def test_truncation_is_reproducible_and_changes_the_image(server):
+    a, b = post(server, seed=3, truncation=0.5, label=0), post(server, seed=3, truncation=0.5, label=0)
+    assert a.content == b.content and a.content != post(server, seed=3, label=0).content
+
+
 def test_unknown_label_lists_the_allowed_ones(server):
     assert post(server, label="zebra").json()["allowed"] == CLASSES
 
