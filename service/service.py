@@ -154,16 +154,23 @@ class GANServe:
         images = rows[:, :-12].reshape(shape)
         return seeds, (labels.tolist() if labels is not None else [None] * req.n), images, version
 
-    @bentoml.api(route="/generate", input_spec=GenerateRequest)
-    async def generate(self, ctx: bentoml.Context, **body: Any) -> Annotated[bytes, ContentType("image/png")]:
-        """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+    async def _handle(self, ctx: bentoml.Context, body: dict[str, Any], endpoint: str) -> tuple | JSONResponse:
+        """What both generate endpoints do: authorise, check the label, draw; or the 4xx that says why not."""
         if not self._authorized(ctx.request.headers.get("authorization")):
             return _problem(ctx, 401, UNAUTHORIZED)
         drawn = await self._images(GenerateRequest(**body))
         if isinstance(drawn, dict):
             return _problem(ctx, 400, drawn)
+        self.images_total.labels(endpoint=endpoint).inc(len(drawn[2]))
+        return drawn
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, ctx: bentoml.Context, **body: Any) -> Annotated[bytes, ContentType("image/png")]:
+        """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+        drawn = await self._handle(ctx, body, "generate")
+        if isinstance(drawn, JSONResponse):
+            return drawn
         seeds, _, images, version = drawn
-        self.images_total.labels(endpoint="generate").inc(len(images))
         ctx.response.headers["X-Seeds"] = ",".join(map(str, seeds))
         ctx.response.headers["X-Model-Version"] = version
         return Response(_png(images[0] if len(images) == 1 else tile(images)), media_type="image/png")
@@ -171,13 +178,10 @@ class GANServe:
     @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
     async def generate_batch(self, ctx: bentoml.Context, **body: Any) -> dict[str, Any]:
         """The same images as /generate, each its own PNG, base64 in JSON with its seed and label."""
-        if not self._authorized(ctx.request.headers.get("authorization")):
-            return _problem(ctx, 401, UNAUTHORIZED)
-        drawn = await self._images(GenerateRequest(**body))
-        if isinstance(drawn, dict):
-            return _problem(ctx, 400, drawn)
+        drawn = await self._handle(ctx, body, "generate_batch")
+        if isinstance(drawn, JSONResponse):
+            return drawn
         seeds, labels, images, version = drawn
-        self.images_total.labels(endpoint="generate_batch").inc(len(images))
         classes = self.described["class_names"]
         return {
             "model_version": version,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,16 +43,29 @@ def blobs(n: int, size: int, classes: int, seed: int) -> tuple[np.ndarray, np.nd
     return images, labels
 
 
-@pytest.fixture
-def idx_dir(tmp_path: Path) -> Path:
-    """An MNIST-format folder: 256 train and 64 test images, 28x28, 4 classes."""
-    root = tmp_path / "idx"
-    root.mkdir()
-    for prefix, n, seed in (("train", 256, 0), ("t10k", 64, 1)):
+def blob_dataset(root: Path, *, train: int, test: int) -> Path:
+    """Write an MNIST-format folder of ``blobs``: 28x28, 4 classes, seeded."""
+    root.mkdir(parents=True)
+    for prefix, n, seed in (("train", train, 0), ("t10k", test, 1)):
         images, labels = blobs(n, 28, 4, seed)
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def interrupt_after(proc: subprocess.Popen, stats: Path, *, lines: int, timeout: float = 120) -> str:
+    """Press Ctrl-C on a training process once it has logged ``lines`` stats lines; return its stderr."""
+    deadline = time.monotonic() + timeout
+    while not (stats.exists() and stats.read_text().count("\n") >= lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=timeout)[1]
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> Path:
+    """An MNIST-format folder: 256 train and 64 test images."""
+    return blob_dataset(tmp_path / "idx", train=256, test=64)
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """The ``ganserve`` command as a user runs it: a real process, its exit codes, messages and files."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import FASHION_MNIST, tiny_config
+from conftest import FASHION_MNIST, interrupt_after, tiny_config
 
 from training.checkpoint import load_checkpoint
 
@@ -57,11 +55,7 @@ def test_ctrl_c_checkpoints_and_resume_finishes(idx_dir, tmp_path):
     proc = subprocess.Popen([*GANSERVE, "train", "--config", str(config), "--no-progress"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     stats = tmp_path / "runs" / "00000-tiny" / "stats.jsonl"
-    deadline = time.monotonic() + 60
-    while not (stats.exists() and stats.read_text().count("\n") >= 3) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    stderr = interrupt_after(proc, stats, lines=3)
     assert proc.returncode == 130, stderr
     assert "continue with --resume" in stderr
     stopped = load_checkpoint(stats.parent)

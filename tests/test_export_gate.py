@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import Black, BlobGenerator, Replay, blobs, tiny_config, write_idx
+from conftest import Black, BlobGenerator, Replay, blob_dataset, tiny_config
 
 from service.latents import latents_for_seeds
 from service.manifest import ImageSpec, ManifestError, read_manifest
@@ -26,12 +26,7 @@ FAST = GateConfig(samples=600, guard_samples=300, fid_rounds=3, judge_seeds=[0, 
 def world(tmp_path_factory):
     """Blob data (2,000 train, 1,000 held-out), an evaluator trained on it, and the true generator exported."""
     root = tmp_path_factory.mktemp("gate")
-    data = root / "data"
-    data.mkdir()
-    for prefix, n, seed in (("train", 2000, 0), ("t10k", 1000, 1)):
-        images, labels = blobs(n, 28, 4, seed)
-        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    data = blob_dataset(root / "data", train=2000, test=1000)
     data_cfg = DataConfig(kind="idx", path=data)
     evaluator = root / "evaluator"
     cfg = EvaluatorConfig(data=data_cfg, epochs=3, batch_size=64, width=8, feature_dim=16, flip=False)

@@ -2,14 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import blobs, tiny_config, write_idx
+from conftest import blob_dataset, interrupt_after, tiny_config
 
 from training.config import DataConfig
 from training.evaluator import EvaluatorConfig, train_evaluator
@@ -24,12 +22,7 @@ LENIENT = ["samples=400", "guard_samples=200", "fid_rounds=3", "judge_seeds=[0]"
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
-    data = root / "data"
-    data.mkdir()
-    for prefix, n, seed in (("train", 512, 0), ("t10k", 512, 1)):
-        images, labels = blobs(n, 28, 4, seed)
-        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    data = blob_dataset(root / "data", train=512, test=512)
     cfg = EvaluatorConfig(data=DataConfig(kind="idx", path=data), epochs=1, width=4, feature_dim=16, flip=False)
     train_evaluator(cfg, root / "evaluator", progress=False)
     (root / "job.yaml").write_text(tiny_config(data, model__conditional=True).model_dump_json())
@@ -102,12 +95,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint(job, tmp_path):
     cmd = [sys.executable, "-m", "training", "retrain", "--config", str(long), "--evaluator", "evaluator",
            "--runs-dir", str(tmp_path / "runs"), "--no-progress", *gate]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=job, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stats = tmp_path / "runs" / "00000-tiny" / "stats.jsonl"
-    deadline = time.monotonic() + 120
-    while not (stats.exists() and stats.read_text().count("\n") >= 5) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = interrupt_after(proc, tmp_path / "runs" / "00000-tiny" / "stats.jsonl", lines=5)
     assert proc.returncode == 130 and "run the same command again to resume" in err
 
     done = subprocess.run(cmd, cwd=job, env=env, capture_output=True, text=True, timeout=300)
