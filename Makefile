@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: help install data browser test lint format serve bench-train clean
+.PHONY: help install data browser test lint format serve container bench-train clean
 
 help:
 	@echo "make serve        set up and serve the default model on http://127.0.0.1:3000"
 	@echo "make test         set up and run the linters and the whole test suite"
+	@echo "make container    build the bento and its image, run it, check /readyz and /generate, stop it"
 	@echo "make bench-train  training throughput against a plain PyTorch loop"
 
 $(BIN)/python:
@@ -69,6 +70,10 @@ test: install data browser lint
 serve: install
 	$(BIN)/ganserve import models/default --promote-if-empty
 	$(BIN)/bentoml serve service.service:GANServe --host $(HOST) --port $(PORT)
+
+# Build the bento and its image (podman, or Docker where a daemon runs), run it on 127.0.0.1, check it, stop it.
+container: install
+	BIN=$(BIN) bash scripts/container.sh
 
 bench-train: install data
 	$(BIN)/python bench/train.py

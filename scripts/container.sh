@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# `make container`: build the bento and its image, run it on 127.0.0.1, check /readyz and a PNG from /generate, stop it.
+# Works offline from container registries (shared/design/containers.md): with no Docker daemon it uses podman and,
+# when python:3.11-slim cannot be had, builds a stand-in for it from Debian's packages with debootstrap.
+set -euo pipefail
+
+BIN=${BIN:-.venv/bin}
+TAG=${TAG:-ganserve:latest}
+PORT=${PORT:-3300}
+BASE=docker.io/library/python:3.11-slim
+NAME=ganserve-check-$$
+
+say() { printf '\n== %s\n' "$*"; }
+need_root() { [ "$(id -u)" = 0 ] || { echo "error: $1 needs root (or install it yourself)" >&2; exit 1; }; }
+
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  ENGINE=docker
+else
+  ENGINE=podman
+  if ! command -v podman >/dev/null 2>&1; then
+    need_root "installing podman"
+    say "installing podman, buildah, debootstrap and runc from Debian"
+    apt-get install -y -q podman buildah debootstrap runc >/dev/null
+  fi
+fi
+
+if ! $ENGINE image exists "$BASE" 2>/dev/null && ! $ENGINE image inspect "$BASE" >/dev/null 2>&1; then
+  if ! timeout 60 $ENGINE pull -q "$BASE" >/dev/null 2>&1; then
+    say "no registry in reach: building a stand-in for $BASE from Debian bookworm"
+    need_root "debootstrap"
+    command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+    mirror=$({ grep -rhoE '(URIs: |deb )https?://[^ ]*debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+             || true; } | grep -v security | head -1 | awk '{print $2}')
+    rootfs=$(mktemp -d)
+    trap 'rm -rf "$rootfs"' EXIT
+    debootstrap --variant=minbase bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}" >/dev/null
+    tar -C "$rootfs" -c . | $ENGINE import - localhost/debian-base:bookworm >/dev/null
+    context=$(mktemp -d)
+    # The host's extra CAs (an egress proxy's) must be trusted inside, or pip fails with CERTIFICATE_VERIFY_FAILED.
+    cp /usr/local/share/ca-certificates/*.crt "$context/" 2>/dev/null || true
+    cat > "$context/Containerfile" <<'DOCKERFILE'
+FROM localhost/debian-base:bookworm
+COPY *.crt /usr/local/share/ca-certificates/
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-pip python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /usr/lib/python3.11/EXTERNALLY-MANAGED \
+ && ln -sf /usr/bin/python3 /usr/local/bin/python && ln -sf /usr/bin/pip3 /usr/local/bin/pip && update-ca-certificates
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+DOCKERFILE
+    [ -n "$(ls "$context"/*.crt 2>/dev/null)" ] || touch "$context/none.crt"
+    $ENGINE build -q -t "$BASE" -f "$context/Containerfile" "$context" >/dev/null
+    rm -rf "$context"
+  fi
+fi
+
+if [ "$ENGINE" = podman ] && ! podman run --rm "$BASE" true >/dev/null 2>&1; then
+  # root in this sandbox cannot raise rlimits and cgroups are hybrid: podman's defaults fail until told so.
+  need_root "configuring podman"
+  say "podman cannot run containers with its defaults here: writing /etc/containers/containers.conf"
+  mkdir -p /etc/containers
+  cat > /etc/containers/containers.conf <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+CONF
+  podman run --rm "$BASE" true >/dev/null
+fi
+
+say "importing the shipped default model if there is no production model"
+"$BIN/ganserve" import models/default --promote-if-empty
+
+say "building the bento"
+bento=$("$BIN/bentoml" build -o tag | tail -1 | sed 's/^__tag__://')
+echo "$bento"
+
+say "building the image $TAG with $ENGINE"
+"$BIN/bentoml" containerize --backend "$ENGINE" -t "$TAG" "$bento"
+
+say "running it on 127.0.0.1:$PORT"
+$ENGINE run -d --name "$NAME" -p "127.0.0.1:$PORT:3000" "$TAG" >/dev/null
+cleanup() { $ENGINE stop -t 3 "$NAME" >/dev/null 2>&1 || true; $ENGINE rm -f "$NAME" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+for _ in $(seq 1 60); do
+  curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { $ENGINE logs "$NAME" | tail -30; echo "error: not ready" >&2; exit 1; }
+out=$(mktemp)
+status=$(curl -sS -X POST "http://127.0.0.1:$PORT/generate" -H 'content-type: application/json' \
+  -d '{"n": 16, "seed": 7}' -D "$out.headers" -o "$out" -w '%{http_code}')
+if [ "$status" != 200 ] || ! head -c 8 "$out" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'; then
+  echo "error: /generate answered $status, not a PNG: $(head -c 300 "$out")" >&2
+  exit 1
+fi
+echo "PNG from the container: $(wc -c < "$out") bytes, $(grep -i x-model-version "$out.headers" | tr -d '\r')"
+rm -f "$out" "$out.headers"
+say "container OK: $TAG"
