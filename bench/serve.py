@@ -1,0 +1,184 @@
+"""Serving speed, every side measured in one run on this machine with one load generator (`hey`, Debian's package):
+
+- the in-process ceiling: draw latents + onnxruntime + PNG in a tight loop, one process and two 1-thread processes;
+- ganserve (`bentoml serve service.service:GANServe`), n = 1 and n = 16 at concurrency 1, 8 and 32, with the mean
+  adaptive batch size read from /metrics;
+- the naive peer a user would write instead (FastAPI + uvicorn + onnxruntime per request, bench/peers/naive_fastapi.py);
+- BentoML's floor: a no-op endpoint returning a constant PNG (bench/peers/noop_bento.py).
+
+    python bench/serve.py --model models/default --seconds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.latents import latents_for_seeds
+from service.runtime import GeneratorRuntime
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADS = [(n, c) for n in (1, 16) for c in (1, 8, 32)]
+
+
+def _ceiling_worker(folder: str, seconds: float, n: int, threads: int, out: mp.Queue) -> None:
+    runtime = GeneratorRuntime(Path(folder), threads=threads)
+    classes = len(runtime.manifest.class_names)
+    done, seed, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        seeds = range(seed, seed + n)
+        labels = np.arange(seed, seed + n, dtype=np.int64) % classes if classes else None
+        images = runtime.run(latents_for_seeds(seeds, runtime.manifest.latent_dim), labels)
+        for image in images:  # one PNG per image, as /generate_batch encodes them
+            Image.fromarray(image[..., 0]).save(io.BytesIO(), format="PNG", compress_level=1)
+        done, seed = done + n, seed + n
+    out.put(done / (time.perf_counter() - start))
+
+
+def ceiling(folder: Path, seconds: float, *, processes: int, threads: int, n: int = 64) -> float:
+    queue: mp.Queue = mp.get_context("spawn").Queue()
+    workers = [mp.get_context("spawn").Process(target=_ceiling_worker, args=(str(folder), seconds, n, threads, queue))
+               for _ in range(processes)]  # fmt: skip
+    for w in workers:
+        w.start()
+    rates = [queue.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(rates)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict, ready: str) -> subprocess.Popen:
+    log = open(Path(env["BENCH_LOGS"]) / f"{cmd[2] if len(cmd) > 2 else 'server'}.log", "a")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(ready, json={"n": 1, "seed": 0}, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{' '.join(cmd)} did not come up; see {log.name}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def hey(url: str, n: int, c: int, seconds: float) -> dict:
+    body = json.dumps({"n": n, "seed": 1})
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(c), "-m", "POST", "-T", "application/json", "-d", body, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    statuses = {int(k): int(v) for k, v in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    if not statuses.get(200):
+        raise RuntimeError(f"no successful response from {url} with n={n}, c={c}:\n{out[-2000:]}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) * statuses[200] / sum(statuses.values())
+    pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
+    slowest = float(re.search(r"Slowest:\s+([\d.]+)", out).group(1)) * 1000
+    return {"requests_per_s": rps, "images_per_s": rps * n, "p50_ms": pct[50], "p99_ms": pct[99], "max_ms": slowest,
+            "statuses": statuses, "errors": sum(v for k, v in statuses.items() if k != 200)}  # fmt: skip
+
+
+def batch_counters(base: str) -> tuple[float, float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    return total("bentoml_service_adaptive_batch_size_count"), total("bentoml_service_adaptive_batch_size_sum")
+
+
+def _line(r: dict) -> str:
+    return (f"{r['side']:<20} n={r['n']:<3} c={r['concurrency']:<3} {r['images_per_s']:>8.0f} img/s "
+            f"{r['requests_per_s']:>8.0f} req/s  p50 {r['p50_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/default"))
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
+    args = parser.parse_args()
+    if not shutil.which("hey"):
+        sys.exit("needs hey: apt-get install -y hey")
+
+    rows: list[dict] = []
+    result = {"benchmark": "serve", "model": str(args.model), "seconds": args.seconds, "cores": os.cpu_count()}
+    result["ceiling_1proc_img_s"] = ceiling(args.model, args.seconds, processes=1, threads=0)
+    result["ceiling_2proc_img_s"] = ceiling(args.model, args.seconds, processes=2, threads=1)
+    print(f"in-process ceiling: {result['ceiling_1proc_img_s']:.0f} img/s (1 process), "
+          f"{result['ceiling_2proc_img_s']:.0f} img/s (2 processes x 1 thread)")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env = {**os.environ, "BENTOML_HOME": str(home), "BENCH_LOGS": str(home), "GANSERVE_MODEL_DIR": str(args.model)}
+        from training.registry import Registry
+
+        Registry(home).import_model(args.model, promote_if_empty=True)
+        py = sys.executable
+        sides = {
+            "ganserve": [py, "-m", "bentoml", "serve", "service.service:GANServe", "--host", "127.0.0.1", "--port"],
+            "naive FastAPI": [py, "-m", "uvicorn", "bench.peers.naive_fastapi:app", "--host", "127.0.0.1",
+                              "--log-level", "warning", "--port"],
+            "BentoML no-op floor": [py, "-m", "bentoml", "serve", "bench.peers.noop_bento:Noop", "--host", "127.0.0.1",
+                                    "--port"],
+        }  # fmt: skip
+        for side, cmd in sides.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/generate"
+            proc = start([*cmd, str(port)], env, url)
+            try:
+                for n, c in LOADS:
+                    hey(url, n, c, 1)  # warm-up
+                    before = batch_counters(url.rsplit("/", 1)[0]) if side == "ganserve" else None
+                    row = {"side": side, "n": n, "concurrency": c, **hey(url, n, c, args.seconds)}
+                    if before is not None:
+                        after = batch_counters(url.rsplit("/", 1)[0])
+                        batches, requests = after[0] - before[0], after[1] - before[1]
+                        row["mean_batch_requests"] = requests / batches if batches else None
+                    rows.append(row)
+                    print(_line(row), flush=True)
+            finally:
+                stop(proc)
+
+    result["rows"] = rows
+    by = {(r["side"], r["n"], r["concurrency"]): r for r in rows}
+    result["targets"] = {
+        "n16_c32_vs_ceiling": by[("ganserve", 16, 32)]["images_per_s"] / result["ceiling_2proc_img_s"],
+        "n1_c32_vs_floor": by[("ganserve", 1, 32)]["requests_per_s"]
+        / by[("BentoML no-op floor", 1, 32)]["requests_per_s"],
+        "n1_c32_vs_naive": by[("ganserve", 1, 32)]["requests_per_s"] / by[("naive FastAPI", 1, 32)]["requests_per_s"],
+    }
+    print(json.dumps(result["targets"], indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
