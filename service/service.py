@@ -96,7 +96,8 @@ class Generator:
         the 12 ASCII bytes of the version that drew it, so a request never mislabels an image across a swap."""
         runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
         z, labels = unpack(rows)
-        images = runtime.run(z, labels).reshape(len(rows), -1)
+        # onnxruntime releases the GIL: off the event loop, the next batch gathers while this one runs
+        images = (await asyncio.to_thread(runtime.run, z, labels)).reshape(len(rows), -1)
         version = np.frombuffer(runtime.version.encode(), dtype=np.uint8)
         return np.concatenate([images, np.broadcast_to(version, (len(rows), len(version)))], axis=1)
 
