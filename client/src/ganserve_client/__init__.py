@@ -1,0 +1,37 @@
+"""ganserve_client: GAN images from a ganserve service in two lines.
+
+    from ganserve_client import GanClient
+    images = GanClient("http://127.0.0.1:3000").generate(4, seed=0, label="sneaker")
+
+Errors form one tree, rooted at GanServeError (see ganserve_client._errors for the drawing):
+InvalidRequest, Unauthorized, RateLimited, Unavailable (and its Timeout), TransportError.
+"""
+
+from ganserve_client._client import DEFAULT_TIMEOUT, DEFAULT_URL, AsyncGanClient, GanClient
+from ganserve_client._errors import (
+    GanServeError,
+    InvalidRequest,
+    RateLimited,
+    Timeout,
+    TransportError,
+    Unauthorized,
+    Unavailable,
+)
+from ganserve_client._models import GeneratedImage, Health, ModelInfo
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "AsyncGanClient",
+    "GanClient",
+    "GanServeError",
+    "GeneratedImage",
+    "Health",
+    "InvalidRequest",
+    "ModelInfo",
+    "RateLimited",
+    "Timeout",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+]
