@@ -1,9 +1,15 @@
 """ganserve's HTTP service: ``bentoml serve service.service:GANServe``.
 
-Two services. ``Generator`` (one worker) owns the onnxruntime session; its batchable ``run`` lets BentoML merge the
-latents of concurrent requests into one onnxruntime run. ``GANServe`` is the HTTP entry: it validates, draws each
-image's latent from its seed, calls ``Generator.run`` and encodes PNGs. Promotion is picked up without a restart:
-the Generator polls the registry's production pointer and swaps its model when it moves.
+``GANServe`` is the HTTP entry: it validates, draws each image's latent from its seed, runs the model and encodes
+PNGs. Where the model runs is the layout (``GANSERVE_LAYOUT``):
+
+- ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime session; its batchable
+  ``run`` lets BentoML merge the latents of concurrent requests into one onnxruntime run.
+- ``inprocess`` (the default on CPU, where merging buys no compute and the hop to another service costs ~6 ms a
+  request, docs/BENCHMARKS.md): every GANServe worker, one per core, holds its own session.
+
+Either way promotion is picked up without a restart: whoever holds the model polls the registry's production
+pointer and swaps the model when it moves.
 """
 
 from __future__ import annotations
@@ -57,22 +63,15 @@ class GenerateRequest(BaseModel):
     label: Annotated[int | str | None, Field(description="class name or index, for a conditional model")] = None
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60}, runner_connection=NEVER_RECYCLE)
-class Generator:
-    model = bentoml.models.BentoModel(MODEL_TAG)
+class _Production:
+    """The model being served, following the registry: a promotion is loaded and warmed up beside the old model,
+    then swapped in with one assignment, so no request ever sees a half-loaded model."""
 
-    def __init__(self) -> None:
-        self.runtime = GeneratorRuntime(Path(self.model.path))
+    def __init__(self, path: Path) -> None:
+        self.runtime = GeneratorRuntime(path)
         self.runtime.warm_up()
-        self.watcher: asyncio.Task | None = None
 
-    @bentoml.on_startup
-    async def _watch(self) -> None:
-        if RELOAD_SECONDS > 0:
-            self.watcher = asyncio.create_task(self._follow_production())
-
-    async def _follow_production(self) -> None:
-        """Swap in a newly promoted model: load it beside the old one, warm it up, then switch in one assignment."""
+    async def follow(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_SECONDS)
             try:
@@ -85,27 +84,65 @@ class Generator:
             except Exception:  # a half-visible promotion or a store hiccup must never take the model down
                 log.exception("could not check for a newly promoted model; still serving %s", self.runtime.version)
 
-    @bentoml.api
-    async def describe(self) -> dict[str, Any]:
-        m = self.runtime.manifest
-        return {"version": self.runtime.version, "provider": self.runtime.provider, **m.model_dump(mode="json")}
+    def describe(self) -> dict[str, Any]:
+        r = self.runtime
+        return {"version": r.version, "provider": r.provider, **r.manifest.model_dump(mode="json")}
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
-    async def run(self, rows: np.ndarray) -> np.ndarray:
-        """Rows of [z, label] from any number of requests -> one uint8 row per image: its pixels (H*W*C), then
-        the 12 ASCII bytes of the version that drew it, so a request never mislabels an image across a swap."""
+    async def draw(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of [z, label] -> one uint8 row per image: its pixels (H*W*C), then the 12 ASCII bytes of the
+        version that drew it, so a request never mislabels an image across a swap."""
         runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
         z, labels = unpack(rows)
-        # onnxruntime releases the GIL: off the event loop, the next batch gathers while this one runs
+        # onnxruntime releases the GIL: off the event loop, other requests go on while this one runs
         images = (await asyncio.to_thread(runtime.run, z, labels)).reshape(len(rows), -1)
         version = np.frombuffer(runtime.version.encode(), dtype=np.uint8)
         return np.concatenate([images, np.broadcast_to(version, (len(rows), len(version)))], axis=1)
 
 
+def _layout() -> str:
+    """batched (a Generator service merges requests: pays on a GPU) or inprocess (each HTTP worker runs the model:
+    fastest on CPU, where merging buys no compute; see docs/BENCHMARKS.md)."""
+    chosen = os.environ.get("GANSERVE_LAYOUT", "auto")
+    if chosen not in ("auto", "batched", "inprocess"):
+        raise ValueError(f"GANSERVE_LAYOUT={chosen!r}; use auto, batched or inprocess")
+    if chosen == "auto":
+        import ctypes.util
+
+        return "batched" if ctypes.util.find_library("cuda") else "inprocess"
+    return chosen
+
+
+LAYOUT = _layout()
+WORKERS = int(os.environ.get("GANSERVE_WORKERS", "0")) or (1 if LAYOUT == "batched" else (os.cpu_count() or 1))
+
+
+@bentoml.service(workers=1, traffic={"timeout": 60}, runner_connection=NEVER_RECYCLE)
+class Generator:
+    """Owns the model in the batched layout; idle in the in-process one (it still pins the model into the bento)."""
+
+    model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.production = _Production(Path(self.model.path)) if LAYOUT == "batched" else None
+
+    @bentoml.on_startup
+    async def _watch(self) -> None:
+        if self.production is not None and RELOAD_SECONDS > 0:
+            self.watcher = asyncio.create_task(self.production.follow())
+
+    @bentoml.api
+    async def describe(self) -> dict[str, Any]:
+        return self.production.describe()
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
+    async def run(self, rows: np.ndarray) -> np.ndarray:
+        return await self.production.draw(rows)
+
+
 app = FastAPI(title="ganserve pages")  # GET routes and the web page, bound to GANServe below
 
 
-@bentoml.service(traffic={"timeout": 60, "max_concurrency": MAX_CONCURRENCY})
+@bentoml.service(workers=WORKERS, traffic={"timeout": 60, "max_concurrency": MAX_CONCURRENCY})
 @bentoml.asgi_app(app, path="/")
 class GANServe:
     """The HTTP entry: POST /generate (PNG), POST /generate_batch (JSON), GET /info, GET /ui."""
@@ -115,6 +152,7 @@ class GANServe:
     def __init__(self) -> None:
         self.api_key = os.environ.get("GANSERVE_API_KEY") or None
         self.described: dict[str, Any] | None = None
+        self.local = _Production(Path(bentoml.models.get(MODEL_TAG).path)) if LAYOUT == "inprocess" else None
         self.images_total = bentoml.metrics.Counter(
             name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint"]
         )
@@ -122,11 +160,18 @@ class GANServe:
             name="ganserve_model_info", documentation="1 for the model version being served", labelnames=["version"]
         )
 
+    @bentoml.on_startup
+    async def _watch(self) -> None:
+        if self.local is not None and RELOAD_SECONDS > 0:
+            self.watcher = asyncio.create_task(self.local.follow())
+
     async def _describe(self, version: str | None = None) -> dict[str, Any]:
+        if self.local is not None:  # in process: always the model this worker holds now
+            version = self.local.runtime.version
         if self.described is None or (version is not None and version != self.described["version"]):
             if self.described is not None:
                 self.model_info.labels(version=self.described["version"]).set(0)
-            self.described = await self.generator.describe()
+            self.described = self.local.describe() if self.local else await self.generator.describe()
             self.model_info.labels(version=self.described["version"]).set(1)
         return self.described
 
@@ -147,7 +192,8 @@ class GANServe:
         if classes:  # without a label, a conditional model cycles through the classes by seed
             labels = np.array([label if label is not None else s % len(classes) for s in seeds], dtype=np.int64)
         z = latents_for_seeds(seeds, info["latent_dim"], truncation=req.truncation)
-        rows = await self.generator.to_async.run(pack(z, labels))
+        rows = pack(z, labels)
+        rows = await (self.local.draw(rows) if self.local else self.generator.to_async.run(rows))
         version = bytes(rows[0, -12:]).decode()
         if version != info["version"]:  # a promotion landed: the images say which model drew them
             info = await self._describe(version)
