@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hmac
 import io
 import logging
@@ -99,6 +100,14 @@ class _Production:
         return np.concatenate([images, np.broadcast_to(version, (len(rows), len(version)))], axis=1)
 
 
+def _tame_garbage_collector() -> None:
+    """Full collections of BentoML's many start-up objects stall requests for 0.25-1.35 s (shared/design/
+    performance.md): move what exists now out of the collector's sight and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _layout() -> str:
     """batched (a Generator service merges requests: pays on a GPU) or inprocess (each HTTP worker runs the model:
     fastest on CPU, where merging buys no compute; see docs/BENCHMARKS.md)."""
@@ -129,6 +138,7 @@ class Generator:
     async def _watch(self) -> None:
         if self.production is not None and RELOAD_SECONDS > 0:
             self.watcher = asyncio.create_task(self.production.follow())
+        _tame_garbage_collector()
 
     @bentoml.api
     async def describe(self) -> dict[str, Any]:
@@ -164,6 +174,7 @@ class GANServe:
     async def _watch(self) -> None:
         if self.local is not None and RELOAD_SECONDS > 0:
             self.watcher = asyncio.create_task(self.local.follow())
+        _tame_garbage_collector()
 
     async def _describe(self, version: str | None = None) -> dict[str, Any]:
         if self.local is not None:  # in process: always the model this worker holds now

@@ -3,6 +3,7 @@
 bentoml serve bench.peers.noop_bento:Noop --port 3402
 """
 
+import os
 from typing import Annotated
 
 import bentoml
@@ -15,7 +16,7 @@ PNG = bytes.fromhex(
 )
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60, "max_concurrency": 256})
+@bentoml.service(workers=os.cpu_count() or 1, traffic={"timeout": 60, "max_concurrency": 256})  # ganserve's layout
 class Noop:
     @bentoml.api(route="/generate")
     async def generate(
