@@ -202,6 +202,17 @@ class Server:
         self.log.close()
 
 
+def labelled_blobs_in_production(home: Path) -> Path:
+    """Export LabelledBlobs (conditional, CLASSES) into ``home`` and make it production there."""
+    from service.manifest import ImageSpec
+    from training.export import export_module
+
+    image = ImageSpec(height=28, width=28, channels=1)
+    export_module(LabelledBlobs(), home / "labelled", latent_dim=800, image=image, class_names=CLASSES)
+    promote(home, home / "labelled")
+    return home
+
+
 def promote(home: Path, folder: Path) -> str:
     reg = Registry(home)
     entry = reg.add_candidate(folder, metadata={"sha256": folder.name, "decision": "pass"})

@@ -15,7 +15,7 @@ from typing import ClassVar
 import httpx
 import numpy as np
 import pytest
-from conftest import CLASSES, ROOT, LabelledBlobs, Server, promote
+from conftest import CLASSES, ROOT, Server, labelled_blobs_in_production
 from ganserve_client import (
     AsyncGanClient,
     GanClient,
@@ -30,19 +30,12 @@ from ganserve_client import (
 from ganserve_client._models import GenerateRequest as ClientRequest
 from PIL import Image
 
-from service.manifest import ImageSpec
-from training.export import export_module
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    root = tmp_path_factory.mktemp("client")
-    export_module(LabelledBlobs(), root / "m", latent_dim=800, image=ImageSpec(height=28, width=28, channels=1),
-                  class_names=CLASSES)  # fmt: skip
-    promote(root, root / "m")
-    return root
+    return labelled_blobs_in_production(tmp_path_factory.mktemp("client"))
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,7 @@
 import shutil
 
 import pytest
-from conftest import CLASSES, LabelledBlobs, Server, promote
-
-from service.manifest import ImageSpec
-from training.export import export_module
+from conftest import Server, labelled_blobs_in_production
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = [
@@ -17,11 +14,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("page")
-    export_module(LabelledBlobs(), home / "m", latent_dim=800, image=ImageSpec(height=28, width=28, channels=1),
-                  class_names=CLASSES)  # fmt: skip
-    promote(home, home / "m")
-    s = Server(home)
+    s = Server(labelled_blobs_in_production(tmp_path_factory.mktemp("page")))
     yield s
     s.stop()
 

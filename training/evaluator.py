@@ -29,7 +29,7 @@ from service.manifest import file_sha256
 from training.config import DataConfig
 from training.data import load_splits
 
-__all__ = ["Evaluator", "EvaluatorConfig", "EvaluatorManifest", "load_evaluator", "train_evaluator"]
+__all__ = ["Evaluator", "EvaluatorConfig", "EvaluatorManifest", "train_evaluator"]
 
 log = logging.getLogger("ganserve.evaluator")
 ONNX_NAME = "evaluator.onnx"
@@ -125,10 +125,6 @@ class Evaluator:
             logits.append(out[0])
             features.append(out[1])
         return np.concatenate(logits), np.concatenate(features)
-
-
-def load_evaluator(folder: Path) -> Evaluator:
-    return Evaluator(folder)
 
 
 def train_evaluator(cfg: EvaluatorConfig, out_dir: Path, *, progress: bool = True) -> EvaluatorManifest:

@@ -97,6 +97,12 @@ class _Base:
         return TransportError(f"cannot reach the server: {err!r}")
 
     @staticmethod
+    def _grid(response: httpx.Response) -> Image.Image:
+        image = Image.open(io.BytesIO(response.content))
+        image.info["seeds"] = [int(s) for s in response.headers["x-seeds"].split(",")]
+        return image
+
+    @staticmethod
     def _images(response: httpx.Response) -> list[GeneratedImage]:
         batch = _WireBatch.model_validate_json(response.content)
         return [
@@ -138,10 +144,7 @@ class GanClient(_Base):
         self, n: int = 16, *, seed: int | None = None, truncation: float | None = None, label: int | str | None = None
     ) -> Image.Image:
         """The server's grid of ``n`` images as one PIL image (seeds in ``image.info['seeds']``)."""
-        response = self._send("POST", "/generate", json=self._body(n, seed, truncation, label))
-        image = Image.open(io.BytesIO(response.content))
-        image.info["seeds"] = [int(s) for s in response.headers["x-seeds"].split(",")]
-        return image
+        return self._grid(self._send("POST", "/generate", json=self._body(n, seed, truncation, label)))
 
     def info(self) -> ModelInfo:
         return ModelInfo.model_validate_json(self._send("GET", "/info").content)
@@ -216,10 +219,7 @@ class AsyncGanClient(_Base):
     async def grid(
         self, n: int = 16, *, seed: int | None = None, truncation: float | None = None, label: int | str | None = None
     ) -> Image.Image:
-        response = await self._send("POST", "/generate", json=self._body(n, seed, truncation, label))
-        image = Image.open(io.BytesIO(response.content))
-        image.info["seeds"] = [int(s) for s in response.headers["x-seeds"].split(",")]
-        return image
+        return self._grid(await self._send("POST", "/generate", json=self._body(n, seed, truncation, label)))
 
     async def info(self) -> ModelInfo:
         return ModelInfo.model_validate_json((await self._send("GET", "/info")).content)
