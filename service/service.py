@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,17 @@ MAX_BATCH = 256  # rows per onnxruntime run
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
 # killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
 NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A request's images with their seeds, label indices and names, and the version of the model that drew them."""
+
+    seeds: list[int]
+    labels: list[int | None]
+    names: list[str | None]
+    images: np.ndarray  # uint8 N x H x W x C
+    version: str
 
 
 class GenerateRequest(BaseModel):
@@ -191,7 +203,7 @@ class GANServe:
             return True
         return hmac.compare_digest((authorization or "").encode(), f"Bearer {self.api_key}".encode())
 
-    async def _images(self, req: GenerateRequest) -> tuple[list[int], list[int | None], np.ndarray, str] | dict:
+    async def _images(self, req: GenerateRequest) -> _Drawn | dict:
         info = await self._describe()
         classes = info["class_names"]
         label, problem = _label_index(req.label, classes)
@@ -209,17 +221,19 @@ class GANServe:
         if version != info["version"]:  # a promotion landed: the images say which model drew them
             info = await self._describe(version)
         shape = (req.n, info["image"]["height"], info["image"]["width"], info["image"]["channels"])
-        images = rows[:, :-12].reshape(shape)
-        return seeds, (labels.tolist() if labels is not None else [None] * req.n), images, version
+        # Labels as the model that drew the images knows them: across a promotion to an unconditional model, none.
+        indices = labels.tolist() if labels is not None and info["class_names"] else [None] * req.n
+        names = [None if i is None else info["class_names"][i] for i in indices]
+        return _Drawn(seeds, indices, names, rows[:, :-12].reshape(shape), version)
 
-    async def _handle(self, ctx: bentoml.Context, body: dict[str, Any], endpoint: str) -> tuple | JSONResponse:
+    async def _handle(self, ctx: bentoml.Context, body: dict[str, Any], endpoint: str) -> _Drawn | JSONResponse:
         """What both generate endpoints do: authorise, check the label, draw; or the 4xx that says why not."""
         if not self._authorized(ctx.request.headers.get("authorization")):
             return _problem(ctx, 401, UNAUTHORIZED)
         drawn = await self._images(GenerateRequest(**body))
         if isinstance(drawn, dict):
             return _problem(ctx, 400, drawn)
-        self.images_total.labels(endpoint=endpoint).inc(len(drawn[2]))
+        self.images_total.labels(endpoint=endpoint).inc(len(drawn.images))
         return drawn
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
@@ -228,9 +242,9 @@ class GANServe:
         drawn = await self._handle(ctx, body, "generate")
         if isinstance(drawn, JSONResponse):
             return drawn
-        seeds, _, images, version = drawn
-        ctx.response.headers["X-Seeds"] = ",".join(map(str, seeds))
-        ctx.response.headers["X-Model-Version"] = version
+        ctx.response.headers["X-Seeds"] = ",".join(map(str, drawn.seeds))
+        ctx.response.headers["X-Model-Version"] = drawn.version
+        images = drawn.images
         return Response(_png(images[0] if len(images) == 1 else tile(images)), media_type="image/png")
 
     @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
@@ -239,16 +253,13 @@ class GANServe:
         drawn = await self._handle(ctx, body, "generate_batch")
         if isinstance(drawn, JSONResponse):
             return drawn
-        seeds, labels, images, version = drawn
-        classes = self.described["class_names"]
         return {
-            "model_version": version,
+            "model_version": drawn.version,
             "images": [
-                {"seed": s, "label": None if lab is None else classes[lab], "label_index": lab,
-                 "png": base64.b64encode(_png(img)).decode()}
-                for s, lab, img in zip(seeds, labels, images, strict=True)
+                {"seed": s, "label": name, "label_index": i, "png": base64.b64encode(_png(img)).decode()}
+                for s, i, name, img in zip(drawn.seeds, drawn.labels, drawn.names, drawn.images, strict=True)
             ],
-        }  # fmt: skip
+        }
 
     @app.get("/ui")
     async def page(self) -> HTMLResponse:
