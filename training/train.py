@@ -315,6 +315,8 @@ class _Trainer:
     def _should_stop(self) -> bool:
         if self.proc.world == 1:
             return self.stop_requested
+        if self.step % self.cfg.log_every:  # agree across processes at log points only: no sync every step
+            return False
         flag = torch.tensor(float(self.stop_requested), device=self.proc.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process stops at the same step, or DDP hangs
         self.stop_requested = bool(flag.item())
