@@ -49,12 +49,10 @@ def test_promote_reject_and_error_exit_codes(job, tmp_path):
 
     second = retrain(job, tmp_path, *LENIENT, "min_mean_level=255")
     assert second.returncode == 3, second.stderr[-3000:]
-    last = second.stdout.strip().splitlines()
-    assert (
-        last[-2].startswith("REJECTED ganserve-candidate:")
-        and "mean_level" in last[-1]
-        and "must be >= 255" in last[-1]
-    )
+    verdict = second.stdout.strip().splitlines()
+    reasons = verdict[verdict.index(next(v for v in verdict if v.startswith("REJECTED ganserve-candidate:"))) + 1 :]
+    assert reasons and all(r.startswith("  - ") for r in reasons)  # the last lines say which and why
+    assert any("mean_level" in r and "must be >= 255" in r for r in reasons)
     report = json.loads(next((tmp_path / "runs").glob("00001-*/export/report.json")).read_text())
     assert report["mode"] == "against production" and report["decision"] == "reject"
 

@@ -193,7 +193,7 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dic
     real_features = ctx["real_features"]
     return {
         "finite_share": float(finite.mean()),
-        **metrics.pixel_guards(guard),
+        **metrics.pixel_guards(guard, black_level=cfg.min_mean_level),
         **metrics.class_coverage(logits, requested),
         **metrics.fid_bootstrap(real_features, features, rounds=cfg.fid_rounds, seed=cfg.seed),
         "kid": metrics.kid(real_features, features, seed=cfg.seed),
