@@ -1,4 +1,4 @@
-"""Quality metrics: pure functions of sample arrays, collected in ``METRICS`` by name.
+"""Quality metrics: pure functions of sample arrays.
 
 Images are uint8 N x H x W x C (the exported generator's output); features and logits come from the frozen
 evaluator. Nothing here reads files or knows about models, so each metric is tested on arrays alone.
@@ -9,14 +9,12 @@ a judge's held-out value V gives the lower bound JSD >= (V + log 4) / 2 nats.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "METRICS",
     "class_coverage",
     "fid",
     "fid_bootstrap",
@@ -252,17 +250,3 @@ def _judge_summary(accs: list[float], bounds: list[float], seeds: list[int], n: 
         "per_seed_accuracy": accs,
         "seeds": list(seeds),
     }
-
-
-METRICS: dict[str, Callable] = {
-    "pixel_guards": pixel_guards,
-    "class_coverage": class_coverage,
-    "fid": fid,
-    "fid_bootstrap": fid_bootstrap,
-    "kid": kid,
-    "precision_recall": precision_recall,
-    "nearest_neighbour_distances": nearest_neighbour_distances,
-    "logistic_judge": logistic_judge,
-    "pixel_judge": pixel_judge,
-    "jsd_lower_bound": jsd_lower_bound,
-}

@@ -24,7 +24,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CANDIDATE_NAME", "PRODUCTION_NAME", "Entry", "Registry", "RegistryError", "RegistryLocked"]
+__all__ = [
+    "CANDIDATE_NAME",
+    "PRODUCTION_NAME",
+    "Entry",
+    "Registry",
+    "RegistryError",
+    "RegistryLocked",
+    "model_metadata",
+]
 
 CANDIDATE_NAME = "ganserve-candidate"
 PRODUCTION_NAME = "ganserve-generator"
@@ -37,6 +45,24 @@ class RegistryError(RuntimeError):
 
 class RegistryLocked(RegistryError):
     """Another job holds the promotion lock."""
+
+
+def model_metadata(manifest: Any, report: dict | None) -> dict[str, Any]:
+    """What ``ganserve models`` shows of a model: its hash, run, and the gate's headline figures."""
+    figures = report["figures"]["candidate"] if report else {}
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    return {
+        "sha256": manifest.sha256,
+        "run_id": manifest.training.run_id if manifest.training else None,
+        "step": manifest.training.step if manifest.training else None,
+        "decision": report["decision"] if report else "not judged",
+        "fid": rounded(figures.get("fid")),
+        "feature_judge_accuracy": rounded(figures.get("feature_judge", {}).get("accuracy")),
+        "pixel_judge_accuracy": rounded(figures.get("pixel_judge", {}).get("accuracy")),
+    }
 
 
 @dataclass(frozen=True)
@@ -86,8 +112,12 @@ class Registry:
         latest = self.models_dir / PRODUCTION_NAME / "latest"
         if not latest.is_file():
             return None
-        version = latest.read_text().strip()
-        return next((e for e in self.entries(PRODUCTION_NAME) if e.version == version), None)
+        from bentoml.exceptions import NotFound
+
+        try:
+            return self._entry(self.store.get(f"{PRODUCTION_NAME}:{latest.read_text().strip()}"))
+        except NotFound:
+            return None
 
     def get(self, version: str) -> Entry:
         """A candidate or production version, by version, ``name:version`` or a unique version prefix."""
@@ -115,15 +145,7 @@ class Registry:
         manifest = read_manifest(folder)  # refuses a folder whose ONNX file does not match its manifest
         report_path = Path(folder) / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        figures = report["figures"]["candidate"] if report else {}
-        metadata = {
-            "sha256": manifest.sha256,
-            "run_id": manifest.training.run_id if manifest.training else None,
-            "decision": report["decision"] if report else "not judged",
-            "fid": figures.get("fid"),
-            "feature_judge_accuracy": figures.get("feature_judge", {}).get("accuracy"),
-            "imported_from": str(folder),
-        }
+        metadata = {**model_metadata(manifest, report), "imported_from": str(folder)}
         entry = self.add_candidate(folder, metadata=metadata)
         if promote_if_empty and self.production() is None:
             self.promote(entry.version, expected_production=None, force=True)

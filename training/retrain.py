@@ -16,11 +16,11 @@ from typing import Literal
 
 from service.manifest import read_manifest, write_manifest
 from training.artifacts import new_run_dir
-from training.checkpoint import load_checkpoint
+from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from training.config import RunConfig
 from training.export import export_checkpoint
 from training.gate import GateConfig, evaluate, write_report
-from training.registry import Registry
+from training.registry import Registry, model_metadata
 from training.train import planned_steps, resume, train
 
 __all__ = ["RetrainResult", "retrain"]
@@ -55,7 +55,7 @@ def retrain(
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     run_dir = Path(state["run_dir"]) if state.get("config_sha256") == config_sha else None
 
-    if run_dir is not None and (run_dir / "checkpoint.pt").exists():
+    if run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
         done = load_checkpoint(run_dir)
         if done["step"] < planned_steps(RunConfig.model_validate(done["config"]), done["data"]["train"]["images"]):
             log.info("resuming the interrupted job's run %s at step %d", run_dir, done["step"])
@@ -78,7 +78,7 @@ def retrain(
     manifest.gate = _headline(report)
     write_manifest(model_dir, manifest)
 
-    candidate = registry.add_candidate(model_dir, metadata=_metadata(manifest.sha256, manifest.training, report))
+    candidate = registry.add_candidate(model_dir, metadata=model_metadata(manifest, report))
     if report["decision"] == "pass":
         registry.promote(candidate.tag, expected_production=production.sha256 if production else None)
         status = "promoted"
@@ -101,17 +101,4 @@ def _headline(report: dict) -> dict:
         "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
         "evaluator_sha256": report["evaluator"]["sha256"],
         "against": report["production"]["sha256"] if report["production"] else None,
-    }
-
-
-def _metadata(sha256: str, training, report: dict) -> dict:
-    headline = _headline(report)
-    return {
-        "sha256": sha256,
-        "run_id": training.run_id if training else None,
-        "step": training.step if training else None,
-        "decision": headline["decision"],
-        "fid": round(headline["fid"], 4),
-        "feature_judge_accuracy": round(headline["feature_judge_accuracy"], 4),
-        "pixel_judge_accuracy": round(headline["pixel_judge_accuracy"], 4),
     }
