@@ -80,8 +80,9 @@ class _Production:
     """The model being served, following the registry: a promotion is loaded and warmed up beside the old model,
     then swapped in with one assignment, so no request ever sees a half-loaded model."""
 
-    def __init__(self, path: Path) -> None:
-        self.runtime = GeneratorRuntime(path)
+    def __init__(self, path: Path, *, threads: int = 0) -> None:
+        self.threads = threads
+        self.runtime = GeneratorRuntime(path, threads=threads)
         self.runtime.warm_up()
 
     async def follow(self) -> None:
@@ -90,7 +91,7 @@ class _Production:
             try:
                 path = Path(bentoml.models.get(MODEL_TAG).path)
                 if path != self.runtime.folder:
-                    fresh = await asyncio.to_thread(GeneratorRuntime, path)
+                    fresh = await asyncio.to_thread(GeneratorRuntime, path, threads=self.threads)
                     await asyncio.to_thread(fresh.warm_up)
                     self.runtime = fresh
                     log.info("now serving %s (%s)", fresh.version, path)
@@ -174,7 +175,12 @@ class GANServe:
     def __init__(self) -> None:
         self.api_key = os.environ.get("GANSERVE_API_KEY") or None
         self.described: dict[str, Any] | None = None
-        self.local = _Production(Path(bentoml.models.get(MODEL_TAG).path)) if LAYOUT == "inprocess" else None
+        self.local = None
+        if LAYOUT == "inprocess":
+            # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
+            # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
+            threads = max(1, (os.cpu_count() or 1) // WORKERS)
+            self.local = _Production(Path(bentoml.models.get(MODEL_TAG).path), threads=threads)
         self.images_total = bentoml.metrics.Counter(
             name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint"]
         )
