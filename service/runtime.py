@@ -14,7 +14,7 @@ import numpy as np
 from service.latents import latents_for_seeds
 from service.manifest import MODEL_NAME, Manifest, read_manifest
 
-__all__ = ["GeneratorRuntime", "pack", "unpack"]
+__all__ = ["GeneratorRuntime", "nvidia_driver_present", "pack", "unpack"]
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
 
@@ -52,10 +52,15 @@ class GeneratorRuntime:
         self.run(z, np.zeros(1, dtype=np.int64))
 
 
+def nvidia_driver_present() -> bool:
+    """Whether CUDA can be asked for at all: onnxruntime-gpu lists CUDA as available even without a driver."""
+    return ctypes.util.find_library("cuda") is not None
+
+
 def _providers(ort) -> list[str]:
     """CUDA first when an NVIDIA driver is present; without one, asking for CUDA only fills the log with errors."""
     wanted = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers() and ctypes.util.find_library("cuda"):
+    if "CUDAExecutionProvider" in ort.get_available_providers() and nvidia_driver_present():
         if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from onnxruntime-gpu[cuda,cudnn]'s pip packages
             ort.preload_dlls()
         wanted.insert(0, "CUDAExecutionProvider")

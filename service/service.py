@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from service.imaging import tile
 from service.latents import MAX_SEED, latents_for_seeds
 from service.limits import BodyLimit
-from service.runtime import GeneratorRuntime, pack, unpack
+from service.runtime import GeneratorRuntime, nvidia_driver_present, pack, unpack
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
 
@@ -128,9 +128,7 @@ def _layout() -> str:
     if chosen not in ("auto", "batched", "inprocess"):
         raise ValueError(f"GANSERVE_LAYOUT={chosen!r}; use auto, batched or inprocess")
     if chosen == "auto":
-        import ctypes.util
-
-        return "batched" if ctypes.util.find_library("cuda") else "inprocess"
+        return "batched" if nvidia_driver_present() else "inprocess"
     return chosen
 
 
