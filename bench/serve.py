@@ -1,8 +1,8 @@
 """Serving speed, every side measured in one run on this machine with one load generator (`hey`, Debian's package):
 
 - the in-process ceiling: draw latents + onnxruntime + PNG in a tight loop, one process and two 1-thread processes;
-- ganserve (`bentoml serve service.service:GANServe`), n = 1 and n = 16 at concurrency 1, 8 and 32, with the mean
-  adaptive batch size read from /metrics;
+- ganserve (`bentoml serve service.service:GANServe`) in each layout asked for, n = 1 and n = 16 at concurrency 1, 8
+  and 32, with the mean number of requests per onnxruntime run read from /metrics;
 - the naive peer a user would write instead (FastAPI + uvicorn + onnxruntime per request, bench/peers/naive_fastapi.py);
 - BentoML's floor: a no-op endpoint returning a constant PNG (bench/peers/noop_bento.py).
 
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
+from service.imaging import encode_png
 from service.latents import latents_for_seeds
 from service.runtime import GeneratorRuntime
 
@@ -45,7 +44,7 @@ def _ceiling_worker(folder: str, seconds: float, n: int, threads: int, out: mp.Q
         labels = np.arange(seed, seed + n, dtype=np.int64) % classes if classes else None
         images = runtime.run(latents_for_seeds(seeds, runtime.manifest.latent_dim), labels)
         for image in images:  # one PNG per image, as /generate_batch encodes them
-            Image.fromarray(image[..., 0]).save(io.BytesIO(), format="PNG", compress_level=1)
+            encode_png(image)
         done, seed = done + n, seed + n
     out.put(done / (time.perf_counter() - start))
 
@@ -68,8 +67,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], env: dict, ready: str) -> subprocess.Popen:
-    log = open(Path(env["BENCH_LOGS"]) / f"{cmd[2] if len(cmd) > 2 else 'server'}.log", "a")  # noqa: SIM115
+def start(cmd: list[str], env: dict, ready: str, name: str) -> subprocess.Popen:
+    log = open(Path(env["BENCH_LOGS"]) / f"{name.replace(' ', '-')}.log", "a")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -107,17 +106,35 @@ def hey(url: str, n: int, c: int, seconds: float) -> dict:
 
 
 def batch_counters(base: str) -> tuple[float, float]:
+    """Runs and requests so far: BentoML's adaptive batching (batched layout) or ganserve's batcher (in process)."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
 
-    def total(name: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    def total(suffix: str) -> float:
+        names = (f"bentoml_service_adaptive_batch_size_{suffix}", f"ganserve_batch_requests_{suffix}")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(names))
 
-    return total("bentoml_service_adaptive_batch_size_count"), total("bentoml_service_adaptive_batch_size_sum")
+    return total("count"), total("sum")
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU time of a process and all its descendants (Linux /proc), to price a request in CPU."""
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _line(r: dict) -> str:
     return (f"{r['side']:<20} n={r['n']:<3} c={r['concurrency']:<3} {r['images_per_s']:>8.0f} img/s "
-            f"{r['requests_per_s']:>8.0f} req/s  p50 {r['p50_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms")  # fmt: skip
+            f"{r['requests_per_s']:>8.0f} req/s  p50 {r['p50_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms  "
+            f"server CPU {r['server_cpu_us_per_request']:>6.0f} µs/req"
+            + (f"  {r['mean_batch_requests']:.1f} req/run" if r.get("mean_batch_requests") else ""))  # fmt: skip
 
 
 def main() -> None:
@@ -125,6 +142,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/default"))
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
+    parser.add_argument("--layouts", default="inprocess,batched", help="ganserve layouts to run, comma-separated")
     args = parser.parse_args()
     if not shutil.which("hey"):
         sys.exit("needs hey: apt-get install -y hey")
@@ -143,26 +161,32 @@ def main() -> None:
 
         Registry(home).import_model(args.model, promote_if_empty=True)
         py = sys.executable
+        bento = [py, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
         sides = {
-            "ganserve": [py, "-m", "bentoml", "serve", "service.service:GANServe", "--host", "127.0.0.1", "--port"],
-            "naive FastAPI": [py, "-m", "uvicorn", "bench.peers.naive_fastapi:app", "--host", "127.0.0.1",
-                              "--log-level", "warning", "--port"],
-            "BentoML no-op floor": [py, "-m", "bentoml", "serve", "bench.peers.noop_bento:Noop", "--host", "127.0.0.1",
-                                    "--port"],
-        }  # fmt: skip
-        for side, cmd in sides.items():
+            f"ganserve {layout}": ([*bento, "service.service:GANServe"], {"GANSERVE_LAYOUT": layout})
+            for layout in args.layouts.split(",")
+        }
+        sides["naive FastAPI"] = (
+            [py, "-m", "uvicorn", "bench.peers.naive_fastapi:app", "--host", "127.0.0.1", "--log-level", "warning"],
+            {},
+        )
+        sides["BentoML no-op floor"] = ([*bento, "bench.peers.noop_bento:Noop"], {})  # fmt: skip
+        for side, (cmd, side_env) in sides.items():
             port = free_port()
-            url = f"http://127.0.0.1:{port}/generate"
-            proc = start([*cmd, str(port)], env, url)
+            base = f"http://127.0.0.1:{port}"
+            proc = start([*cmd, "--port", str(port)], {**env, **side_env}, f"{base}/generate", side)
             try:
                 for n, c in LOADS:
-                    hey(url, n, c, 1)  # warm-up
-                    before = batch_counters(url.rsplit("/", 1)[0]) if side == "ganserve" else None
-                    row = {"side": side, "n": n, "concurrency": c, **hey(url, n, c, args.seconds)}
-                    if before is not None:
-                        after = batch_counters(url.rsplit("/", 1)[0])
-                        batches, requests = after[0] - before[0], after[1] - before[1]
-                        row["mean_batch_requests"] = requests / batches if batches else None
+                    hey(f"{base}/generate", n, c, 1)  # warm-up
+                    batches = batch_counters(base) if side.startswith("ganserve") else None
+                    cpu = cpu_seconds(proc.pid)
+                    row = {"side": side, "n": n, "concurrency": c, **hey(f"{base}/generate", n, c, args.seconds)}
+                    done = row["requests_per_s"] * args.seconds
+                    row["server_cpu_us_per_request"] = (cpu_seconds(proc.pid) - cpu) / done * 1e6
+                    if batches is not None:
+                        after = batch_counters(base)
+                        runs, requests = after[0] - batches[0], after[1] - batches[1]
+                        row["mean_batch_requests"] = requests / runs if runs else None
                     rows.append(row)
                     print(_line(row), flush=True)
             finally:
@@ -170,11 +194,12 @@ def main() -> None:
 
     result["rows"] = rows
     by = {(r["side"], r["n"], r["concurrency"]): r for r in rows}
+    ours = f"ganserve {args.layouts.split(',')[0]}"
     result["targets"] = {
-        "n16_c32_vs_ceiling": by[("ganserve", 16, 32)]["images_per_s"] / result["ceiling_2proc_img_s"],
-        "n1_c32_vs_floor": by[("ganserve", 1, 32)]["requests_per_s"]
-        / by[("BentoML no-op floor", 1, 32)]["requests_per_s"],
-        "n1_c32_vs_naive": by[("ganserve", 1, 32)]["requests_per_s"] / by[("naive FastAPI", 1, 32)]["requests_per_s"],
+        "side": ours,
+        "n16_c32_vs_ceiling": by[(ours, 16, 32)]["images_per_s"] / result["ceiling_2proc_img_s"],
+        "n1_c32_vs_floor": by[(ours, 1, 32)]["requests_per_s"] / by[("BentoML no-op floor", 1, 32)]["requests_per_s"],
+        "n1_c32_vs_naive": by[(ours, 1, 32)]["requests_per_s"] / by[("naive FastAPI", 1, 32)]["requests_per_s"],
     }
     print(json.dumps(result["targets"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,17 @@
-"""Pure numpy image helpers shared by training (sample grids) and serving (grid responses)."""
+"""Pure numpy image helpers shared by training (sample grids) and serving (grid responses, PNG encoding)."""
 
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 
 import numpy as np
 
-__all__ = ["grid_shape", "tile", "to_uint8"]
+__all__ = ["encode_png", "grid_shape", "tile", "to_uint8"]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray+alpha, RGB, RGBA
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -35,3 +40,28 @@ def tile(images: np.ndarray, *, cols: int | None = None, padding: int = 2, fill:
         top, left = padding + r * (h + padding), padding + q * (w + padding)
         out[top : top + h, left : left + w] = images[i]
     return out
+
+
+def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
+    """uint8 HWC (1 to 4 channels) -> PNG bytes, with zlib at ``level``.
+
+    Written out with zlib rather than through Pillow: for the small images a GAN draws, Pillow's per-call work is
+    most of the cost (60 vs 25 µs for 28x28 gray), and a single-image response spends more on PNG than on anything
+    but the model. Every row uses filter 0 (none), which compresses such images about as well as the adaptive ones.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in _PNG_COLOR_TYPE:
+        raise ValueError(f"expected uint8 HWC with 1 to 4 channels, got {image.dtype} {image.shape}")
+    height, width, channels = image.shape
+    rows = np.zeros((height, 1 + width * channels), dtype=np.uint8)  # column 0: each row's filter type, 0
+    rows[:, 1:] = image.reshape(height, width * channels)
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPE[channels], 0, 0, 0)
+    return b"".join((
+        _PNG_SIGNATURE,
+        _chunk(b"IHDR", header),
+        _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
+        _chunk(b"IEND", b""),
+    ))  # fmt: skip
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -5,8 +5,9 @@ PNGs. Where the model runs is the layout (``GANSERVE_LAYOUT``):
 
 - ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime session; its batchable
   ``run`` lets BentoML merge the latents of concurrent requests into one onnxruntime run.
-- ``inprocess`` (the default on CPU, where merging buys no compute and the hop to another service costs ~6 ms a
-  request, docs/BENCHMARKS.md): every GANServe worker, one per core, holds its own session.
+- ``inprocess`` (the default on CPU, where the hop to another service costs ~6 ms a request, docs/BENCHMARKS.md):
+  every GANServe worker, one per core, holds its own session and merges its concurrent requests into one run
+  (``service.batching``).
 
 Either way promotion is picked up without a restart: whoever holds the model polls the registry's production
 pointer and swaps the model when it moves.
@@ -18,7 +19,6 @@ import asyncio
 import base64
 import gc
 import hmac
-import io
 import logging
 import os
 import secrets
@@ -33,7 +33,8 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from service.imaging import tile
+from service.batching import Batcher
+from service.imaging import encode_png, tile
 from service.latents import MAX_SEED, latents_for_seeds
 from service.limits import BodyLimit
 from service.runtime import GeneratorRuntime, nvidia_driver_present, pack, unpack
@@ -102,13 +103,11 @@ class _Production:
         r = self.runtime
         return {"version": r.version, "provider": r.provider, **r.manifest.model_dump(mode="json")}
 
-    async def draw(self, rows: np.ndarray) -> np.ndarray:
+    def draw(self, rows: np.ndarray) -> np.ndarray:
         """Rows of [z, label] -> one uint8 row per image: its pixels (H*W*C), then the 12 ASCII bytes of the
-        version that drew it, so a request never mislabels an image across a swap."""
+        version that drew it, so a request never mislabels an image across a swap. Blocking: call it off the loop."""
         runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
-        z, labels = unpack(rows)
-        # onnxruntime releases the GIL: off the event loop, other requests go on while this one runs
-        images = (await asyncio.to_thread(runtime.run, z, labels)).reshape(len(rows), -1)
+        images = runtime.run(*unpack(rows)).reshape(len(rows), -1)
         version = np.frombuffer(runtime.version.encode(), dtype=np.uint8)
         return np.concatenate([images, np.broadcast_to(version, (len(rows), len(version)))], axis=1)
 
@@ -157,7 +156,8 @@ class Generator:
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
     async def run(self, rows: np.ndarray) -> np.ndarray:
-        return await self.production.draw(rows)
+        # onnxruntime releases the GIL: off the event loop, BentoML's dispatcher gathers the next batch meanwhile
+        return await asyncio.to_thread(self.production.draw, rows)
 
 
 app = FastAPI(title="ganserve pages")  # GET routes and the web page, bound to GANServe below
@@ -173,18 +173,26 @@ class GANServe:
     def __init__(self) -> None:
         self.api_key = os.environ.get("GANSERVE_API_KEY") or None
         self.described: dict[str, Any] | None = None
-        self.local = None
-        if LAYOUT == "inprocess":
-            # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
-            # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
-            threads = max(1, (os.cpu_count() or 1) // WORKERS)
-            self.local = _Production(Path(bentoml.models.get(MODEL_TAG).path), threads=threads)
         self.images_total = bentoml.metrics.Counter(
             name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint"]
         )
         self.model_info = bentoml.metrics.Gauge(
             name="ganserve_model_info", documentation="1 for the model version being served", labelnames=["version"]
         )
+        self.batch_requests = bentoml.metrics.Histogram(
+            name="ganserve_batch_requests",
+            documentation="requests merged into one onnxruntime run (in-process layout)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
+        )
+        self.local = None
+        if LAYOUT == "inprocess":
+            # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
+            # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
+            threads = max(1, (os.cpu_count() or 1) // WORKERS)
+            self.local = _Production(Path(bentoml.models.get(MODEL_TAG).path), threads=threads)
+            self.batcher = Batcher(
+                self.local.draw, max_rows=MAX_BATCH, on_batch=lambda requests, _: self.batch_requests.observe(requests)
+            )
 
     @bentoml.on_startup
     async def _watch(self) -> None:
@@ -220,7 +228,7 @@ class GANServe:
             labels = np.array([label if label is not None else s % len(classes) for s in seeds], dtype=np.int64)
         z = latents_for_seeds(seeds, info["latent_dim"], truncation=req.truncation)
         rows = pack(z, labels)
-        rows = await (self.local.draw(rows) if self.local else self.generator.to_async.run(rows))
+        rows = await (self.batcher(rows) if self.local else self.generator.to_async.run(rows))
         version = bytes(rows[0, -12:]).decode()
         if version != info["version"]:  # a promotion landed: the images say which model drew them
             info = await self._describe(version)
@@ -249,7 +257,7 @@ class GANServe:
         ctx.response.headers["X-Seeds"] = ",".join(map(str, drawn.seeds))
         ctx.response.headers["X-Model-Version"] = drawn.version
         images = drawn.images
-        return Response(_png(images[0] if len(images) == 1 else tile(images)), media_type="image/png")
+        return Response(encode_png(images[0] if len(images) == 1 else tile(images)), media_type="image/png")
 
     @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
     async def generate_batch(self, ctx: bentoml.Context, **body: Any) -> dict[str, Any]:
@@ -260,7 +268,7 @@ class GANServe:
         return {
             "model_version": drawn.version,
             "images": [
-                {"seed": s, "label": name, "label_index": i, "png": base64.b64encode(_png(img)).decode()}
+                {"seed": s, "label": name, "label_index": i, "png": base64.b64encode(encode_png(img)).decode()}
                 for s, i, name, img in zip(drawn.seeds, drawn.labels, drawn.names, drawn.images, strict=True)
             ],
         }
@@ -307,11 +315,3 @@ def _label_index(label: int | str | None, classes: list[str]) -> tuple[int | Non
 def _problem(ctx: bentoml.Context, status: int, body: dict) -> JSONResponse:
     ctx.response.status_code = status  # BentoML applies the context's status over any returned response
     return JSONResponse(body, status_code=status)
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()

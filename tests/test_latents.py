@@ -1,7 +1,10 @@
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from service.imaging import grid_shape, tile, to_uint8
+from service.imaging import encode_png, grid_shape, tile, to_uint8
 from service.latents import latents_for_seeds
 
 
@@ -35,3 +38,21 @@ def test_grid_is_filled_row_by_row():
 def test_to_uint8_maps_the_tanh_range_to_bytes_in_nhwc():
     out = to_uint8(np.array([-1.0, 0.0, 1.0, 2.0], np.float32).reshape(1, 1, 2, 2))
     assert out.shape == (1, 2, 2, 1) and out.ravel().tolist() == [0, 128, 255, 255]
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode"), [((28, 28, 1), "L"), ((5, 9, 2), "LA"), ((7, 3, 3), "RGB"), ((4, 6, 4), "RGBA")]
+)
+def test_png_encoding_is_lossless_in_every_channel_layout(shape, mode):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encode_png(image)))
+    assert decoded.format == "PNG" and decoded.mode == mode and decoded.size == (shape[1], shape[0])
+    np.testing.assert_array_equal(np.asarray(decoded).reshape(shape), image)
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((4, 4, 1), np.float32), np.zeros((4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8)]
+)
+def test_png_encoding_refuses_what_it_cannot_write(bad):
+    with pytest.raises(ValueError, match="uint8 HWC"):
+        encode_png(bad)

@@ -1,0 +1,88 @@
+"""Merge the rows of concurrent requests into one model run, inside one process.
+
+While a run is in flight (in a worker thread: onnxruntime releases the GIL, so the event loop goes on reading
+requests), newly arrived rows queue up; when the run ends, everything queued goes into the next one. Nothing waits
+for company: an idle batcher runs a lone request at once, as Triton does without a queue delay.
+
+Why it pays on CPU although a batch costs the same per image as batch 1 in a tight loop (shared/design/
+performance.md): under serving load the framework's code and the load evict the generator's weights (3.9 MB for the
+default model) from the core's cache between requests, and a run of one image then costs 2-2.5x its tight-loop time.
+One run for many requests streams the weights once for all of them (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["Batcher"]
+
+
+class Batcher:
+    """``await batcher(rows)`` returns ``run(rows)``, computed in one call with the rows of concurrent requests.
+
+    ``run`` maps an array of rows to an array with one output row per input row. A run takes queued requests in
+    arrival order up to ``max_rows`` rows (and at least one request, however large). ``on_batch(requests, rows)``
+    is told the size of each run. An exception in ``run`` reaches every request of that run and no other.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_rows: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+        self._run, self._max_rows, self._on_batch = run, max_rows, on_batch
+        self._queue: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        waiter: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append((rows, waiter))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return await waiter
+
+    def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
+        taken, rows = 0, 0
+        for request, _ in self._queue:
+            if taken and rows + len(request) > self._max_rows:
+                break
+            taken, rows = taken + 1, rows + len(request)
+        batch, self._queue = self._queue[:taken], self._queue[taken:]
+        return [(r, w) for r, w in batch if not w.done()]  # a waiter whose client went away needs no run
+
+    async def _drain(self) -> None:
+        batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        try:
+            while self._queue:
+                batch = self._next_batch()
+                if batch:
+                    await self._run_batch(batch)
+        finally:
+            self._draining = None
+            for _, waiter in batch + self._queue:  # only when cancelled (shutdown): no request hangs
+                waiter.cancel()
+            self._queue = []
+
+    async def _run_batch(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
+        rows = np.concatenate([r for r, _ in batch]) if len(batch) > 1 else batch[0][0]
+        if self._on_batch is not None:
+            self._on_batch(len(batch), len(rows))
+        try:
+            out = await asyncio.to_thread(self._run, rows)
+        except Exception as error:
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            return
+        start = 0
+        for request, waiter in batch:
+            if not waiter.done():
+                waiter.set_result(out[start : start + len(request)])
+            start += len(request)
