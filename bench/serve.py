@@ -117,16 +117,21 @@ def batch_counters(base: str) -> tuple[float, float]:
 
 
 def cpu_seconds(root: int) -> float:
-    """User + system CPU time of a process and all its descendants (Linux /proc), to price a request in CPU."""
+    """User + system CPU time of a process and all its descendants (Linux /proc), to price a request in CPU.
+    Children are listed per thread; cutime/cstime add descendants that have already exited and been waited for."""
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
     return total
 
 
@@ -142,7 +147,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/default"))
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
-    parser.add_argument("--layouts", default="inprocess,batched", help="ganserve layouts to run, comma-separated")
+    parser.add_argument(
+        "--layouts", default="inprocess,batched", help="ganserve layouts to run, comma-separated; the first is judged"
+    )
     args = parser.parse_args()
     if not shutil.which("hey"):
         sys.exit("needs hey: apt-get install -y hey")
@@ -170,7 +177,7 @@ def main() -> None:
             [py, "-m", "uvicorn", "bench.peers.naive_fastapi:app", "--host", "127.0.0.1", "--log-level", "warning"],
             {},
         )
-        sides["BentoML no-op floor"] = ([*bento, "bench.peers.noop_bento:Noop"], {})  # fmt: skip
+        sides["BentoML no-op floor"] = ([*bento, "bench.peers.noop_bento:Noop"], {})
         for side, (cmd, side_env) in sides.items():
             port = free_port()
             base = f"http://127.0.0.1:{port}"
@@ -181,7 +188,7 @@ def main() -> None:
                     batches = batch_counters(base) if side.startswith("ganserve") else None
                     cpu = cpu_seconds(proc.pid)
                     row = {"side": side, "n": n, "concurrency": c, **hey(f"{base}/generate", n, c, args.seconds)}
-                    done = row["requests_per_s"] * args.seconds
+                    done = max(row["requests_per_s"] * args.seconds, 1)
                     row["server_cpu_us_per_request"] = (cpu_seconds(proc.pid) - cpu) / done * 1e6
                     if batches is not None:
                         after = batch_counters(base)

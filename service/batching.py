@@ -6,13 +6,14 @@ for company: an idle batcher runs a lone request at once, as Triton does without
 
 Why it pays on CPU although a batch costs the same per image as batch 1 in a tight loop (shared/design/
 performance.md): under serving load the framework's code and the load evict the generator's weights (3.9 MB for the
-default model) from the core's cache between requests, and a run of one image then costs 2-2.5x its tight-loop time.
+default model) from the core's cache between requests, and a run of one image then costs 2-3x its tight-loop time.
 One run for many requests streams the weights once for all of them (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 
 import numpy as np
@@ -24,8 +25,9 @@ class Batcher:
     """``await batcher(rows)`` returns ``run(rows)``, computed in one call with the rows of concurrent requests.
 
     ``run`` maps an array of rows to an array with one output row per input row. A run takes queued requests in
-    arrival order up to ``max_rows`` rows (and at least one request, however large). ``on_batch(requests, rows)``
-    is told the size of each run. An exception in ``run`` reaches every request of that run and no other.
+    arrival order up to ``max_rows`` rows (and at least one request, however large), all of one row shape.
+    ``on_batch(requests, rows)`` is told the size of each run. An exception in ``run`` reaches every request of that
+    run and no other.
     """
 
     def __init__(
@@ -45,17 +47,28 @@ class Batcher:
         waiter: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append((rows, waiter))
         if self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
+            # In a fresh context: the drain outlives the request that started it and must not carry its trace span.
+            self._draining = contextvars.Context().run(asyncio.create_task, self._drain())
         return await waiter
 
     def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
-        taken, rows = 0, 0
-        for request, _ in self._queue:
-            if taken and rows + len(request) > self._max_rows:
-                break
-            taken, rows = taken + 1, rows + len(request)
-        batch, self._queue = self._queue[:taken], self._queue[taken:]
-        return [(r, w) for r, w in batch if not w.done()]  # a waiter whose client went away needs no run
+        """Queued requests in arrival order up to max_rows rows, all with the first one's row shape: rows of another
+        shape (packed for a model of another latent size, across a promotion) wait for a run of their own."""
+        self._queue = [(r, w) for r, w in self._queue if not w.done()]  # a client that went away needs no run
+        if not self._queue:
+            return []
+        shape = self._queue[0][0].shape[1:]
+        batch, rest, rows, full = [], [], 0, False
+        for request, waiter in self._queue:
+            same = request.shape[1:] == shape
+            if same and not full and (not batch or rows + len(request) <= self._max_rows):
+                batch.append((request, waiter))
+                rows += len(request)
+            else:
+                full = full or same
+                rest.append((request, waiter))
+        self._queue = rest
+        return batch
 
     async def _drain(self) -> None:
         batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
@@ -66,15 +79,15 @@ class Batcher:
                     await self._run_batch(batch)
         finally:
             self._draining = None
-            for _, waiter in batch + self._queue:  # only when cancelled (shutdown): no request hangs
+            for _, waiter in batch + self._queue:  # left undone only if the drain was cancelled: no request hangs
                 waiter.cancel()
             self._queue = []
 
     async def _run_batch(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
-        rows = np.concatenate([r for r, _ in batch]) if len(batch) > 1 else batch[0][0]
-        if self._on_batch is not None:
-            self._on_batch(len(batch), len(rows))
         try:
+            rows = np.concatenate([r for r, _ in batch]) if len(batch) > 1 else batch[0][0]
+            if self._on_batch is not None:
+                self._on_batch(len(batch), len(rows))
             out = await asyncio.to_thread(self._run, rows)
         except Exception as error:
             for _, waiter in batch:

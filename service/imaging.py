@@ -49,8 +49,8 @@ def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
     most of the cost (60 vs 25 µs for 28x28 gray), and a single-image response spends more on PNG than on anything
     but the model. Every row uses filter 0 (none), which compresses such images about as well as the adaptive ones.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in _PNG_COLOR_TYPE:
-        raise ValueError(f"expected uint8 HWC with 1 to 4 channels, got {image.dtype} {image.shape}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in _PNG_COLOR_TYPE or 0 in image.shape:
+        raise ValueError(f"expected a non-empty uint8 HWC image with 1 to 4 channels, got {image.dtype} {image.shape}")
     height, width, channels = image.shape
     rows = np.zeros((height, 1 + width * channels), dtype=np.uint8)  # column 0: each row's filter type, 0
     rows[:, 1:] = image.reshape(height, width * channels)
@@ -64,4 +64,4 @@ def encode_png(image: np.ndarray, *, level: int = 1) -> bytes:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))

@@ -85,6 +85,7 @@ class _Production:
         self.threads = threads
         self.runtime = GeneratorRuntime(path, threads=threads)
         self.runtime.warm_up()
+        self.retired: dict[str, Any] | None = None  # the model swapped out last, for images it drew before the swap
 
     async def follow(self) -> None:
         while True:
@@ -94,12 +95,14 @@ class _Production:
                 if path != self.runtime.folder:
                     fresh = await asyncio.to_thread(GeneratorRuntime, path, threads=self.threads)
                     await asyncio.to_thread(fresh.warm_up)
-                    self.runtime = fresh
+                    self.retired, self.runtime = self.describe(), fresh
                     log.info("now serving %s (%s)", fresh.version, path)
             except Exception:  # a half-visible promotion or a store hiccup must never take the model down
                 log.exception("could not check for a newly promoted model; still serving %s", self.runtime.version)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, version: str | None = None) -> dict[str, Any]:
+        if self.retired is not None and version == self.retired["version"]:
+            return self.retired
         r = self.runtime
         return {"version": r.version, "provider": r.provider, **r.manifest.model_dump(mode="json")}
 
@@ -121,8 +124,9 @@ def _tame_garbage_collector() -> None:
 
 
 def _layout() -> str:
-    """batched (a Generator service merges requests: pays on a GPU) or inprocess (each HTTP worker runs the model:
-    fastest on CPU, where merging buys no compute; see docs/BENCHMARKS.md)."""
+    """batched (a Generator service merges requests: pays on a GPU) or inprocess (each HTTP worker runs the model
+    and merges its own requests: fastest on CPU, where the hop to another service costs more than the model; see
+    docs/BENCHMARKS.md)."""
     chosen = os.environ.get("GANSERVE_LAYOUT", "auto")
     if chosen not in ("auto", "batched", "inprocess"):
         raise ValueError(f"GANSERVE_LAYOUT={chosen!r}; use auto, batched or inprocess")
@@ -184,7 +188,8 @@ class GANServe:
             documentation="requests merged into one onnxruntime run (in-process layout)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
         )
-        self.local = None
+        self.local: _Production | None = None
+        self.batcher: Batcher | None = None
         if LAYOUT == "inprocess":
             # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
             # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
@@ -201,7 +206,9 @@ class GANServe:
         _tame_garbage_collector()
 
     async def _describe(self, version: str | None = None) -> dict[str, Any]:
-        if self.local is not None:  # in process: always the model this worker holds now
+        if self.local is not None:
+            if version is not None and version != self.local.runtime.version:
+                return self.local.describe(version)  # images drawn just before a swap: the shape and labels they have
             version = self.local.runtime.version
         if self.described is None or (version is not None and version != self.described["version"]):
             if self.described is not None:
@@ -228,7 +235,7 @@ class GANServe:
             labels = np.array([label if label is not None else s % len(classes) for s in seeds], dtype=np.int64)
         z = latents_for_seeds(seeds, info["latent_dim"], truncation=req.truncation)
         rows = pack(z, labels)
-        rows = await (self.batcher(rows) if self.local else self.generator.to_async.run(rows))
+        rows = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
         version = bytes(rows[0, -12:]).decode()
         if version != info["version"]:  # a promotion landed: the images say which model drew them
             info = await self._describe(version)

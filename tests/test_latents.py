@@ -50,9 +50,15 @@ def test_png_encoding_is_lossless_in_every_channel_layout(shape, mode):
     np.testing.assert_array_equal(np.asarray(decoded).reshape(shape), image)
 
 
-@pytest.mark.parametrize(
-    "bad", [np.zeros((4, 4, 1), np.float32), np.zeros((4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8)]
-)
+NOT_PNG_ABLE = [
+    np.zeros((4, 4, 1), np.float32),
+    np.zeros((4, 4), np.uint8),
+    np.zeros((4, 4, 5), np.uint8),
+    np.zeros((0, 4, 1), np.uint8),
+]
+
+
+@pytest.mark.parametrize("bad", NOT_PNG_ABLE)
 def test_png_encoding_refuses_what_it_cannot_write(bad):
-    with pytest.raises(ValueError, match="uint8 HWC"):
+    with pytest.raises(ValueError, match="non-empty uint8 HWC"):
         encode_png(bad)
