@@ -20,6 +20,8 @@ import numpy as np
 
 __all__ = ["Batcher"]
 
+_Waiting = tuple[np.ndarray, asyncio.Future[np.ndarray]]  # a request's rows and the future its handler awaits
+
 
 class Batcher:
     """``await batcher(rows)`` returns ``run(rows)``, computed in one call with the rows of concurrent requests.
@@ -40,7 +42,7 @@ class Batcher:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, not {max_rows}")
         self._run, self._max_rows, self._on_batch = run, max_rows, on_batch
-        self._queue: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._queue: list[_Waiting] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -51,7 +53,7 @@ class Batcher:
             self._draining = contextvars.Context().run(asyncio.create_task, self._drain())
         return await waiter
 
-    def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
+    def _next_batch(self) -> list[_Waiting]:
         """Queued requests in arrival order up to max_rows rows, all with the first one's row shape: rows of another
         shape (packed for a model of another latent size, across a promotion) wait for a run of their own."""
         self._queue = [(r, w) for r, w in self._queue if not w.done()]  # a client that went away needs no run
@@ -71,7 +73,7 @@ class Batcher:
         return batch
 
     async def _drain(self) -> None:
-        batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        batch: list[_Waiting] = []
         try:
             while self._queue:
                 batch = self._next_batch()
@@ -83,7 +85,7 @@ class Batcher:
                 waiter.cancel()
             self._queue = []
 
-    async def _run_batch(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
         try:
             rows = np.concatenate([r for r, _ in batch]) if len(batch) > 1 else batch[0][0]
             if self._on_batch is not None:

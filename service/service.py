@@ -5,7 +5,7 @@ PNGs. Where the model runs is the layout (``GANSERVE_LAYOUT``):
 
 - ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime session; its batchable
   ``run`` lets BentoML merge the latents of concurrent requests into one onnxruntime run.
-- ``inprocess`` (the default on CPU, where the hop to another service costs ~6 ms a request, docs/BENCHMARKS.md):
+- ``inprocess`` (the default on CPU, where the hop to another service costs ~5 ms a request, docs/BENCHMARKS.md):
   every GANServe worker, one per core, holds its own session and merges its concurrent requests into one run
   (``service.batching``).
 
@@ -155,8 +155,9 @@ class Generator:
         _tame_garbage_collector()
 
     @bentoml.api
-    async def describe(self) -> dict[str, Any]:
-        return self.production.describe()
+    async def describe(self, version: str | None = None) -> dict[str, Any]:
+        """The model being served, or the one swapped out last when asked for its version."""
+        return self.production.describe(version)
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
     async def run(self, rows: np.ndarray) -> np.ndarray:
@@ -213,7 +214,7 @@ class GANServe:
         if self.described is None or (version is not None and version != self.described["version"]):
             if self.described is not None:
                 self.model_info.labels(version=self.described["version"]).set(0)
-            self.described = self.local.describe() if self.local else await self.generator.describe()
+            self.described = self.local.describe() if self.local else await self.generator.describe(version=version)
             self.model_info.labels(version=self.described["version"]).set(1)
         return self.described
 
