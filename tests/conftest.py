@@ -171,9 +171,10 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve` in a subprocess, stopped with the fixture."""
+    """`bentoml serve` in a subprocess, stopped with the fixture; started when /readyz (or, with ``ready=False``,
+    /livez) answers 200."""
 
-    def __init__(self, home: Path, **env: str) -> None:
+    def __init__(self, home: Path, *, ready: bool = True, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "BENTOML_HOME": str(home), "GANSERVE_RELOAD_SECONDS": "1", **env}
@@ -184,7 +185,7 @@ class Server:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/{'readyz' if ready else 'livez'}", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -192,6 +193,23 @@ class Server:
             time.sleep(0.3)
         self.stop()
         raise AssertionError("the service did not become ready in 90 s")
+
+    @property
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def workers(self, service: str) -> list[int]:
+        """The pids of ``service``'s worker processes (GANServe or Generator)."""
+        import psutil
+
+        pids = []
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if f"--service-name {service}" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except psutil.Error:  # gone, or a zombie not yet reaped
+                pass
+        return pids
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -214,6 +232,7 @@ def labelled_blobs_in_production(home: Path) -> Path:
 
 
 def promote(home: Path, folder: Path) -> str:
+    """Make a hand-written model production, by hand: it has no gate report, so it takes --force."""
     reg = Registry(home)
-    entry = reg.add_candidate(folder, metadata={"sha256": folder.name, "decision": "pass"})
-    return reg.promote(entry.version).tag
+    entry = reg.add_candidate(folder, metadata={"decision": "not judged"})
+    return reg.promote(entry.version, force=True).tag

@@ -1,11 +1,16 @@
 """The registry on a real BentoML store in a temporary home: promotion, atomicity, rollback and the lock."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
-from conftest import BlobGenerator
+from conftest import ROOT, BlobGenerator
 
 from service.manifest import ImageSpec
 from training.export import export_module
@@ -23,8 +28,18 @@ def models(tmp_path_factory):
     return root
 
 
+def judged(folder: Path, into: Path, decision: str = "pass", sha256: str | None = None) -> Path:
+    """A copy of an exported model with a gate report of ``decision`` that judged ``sha256`` (its own file's)."""
+    copy = into / f"{folder.name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(folder, copy)
+    judged_sha = sha256 or json.loads((folder / "manifest.json").read_text())["sha256"]
+    (copy / "report.json").write_text(json.dumps({"decision": decision, "candidate": {"sha256": judged_sha}}))
+    return copy
+
+
 def add(registry, folder, decision="pass"):
-    return registry.add_candidate(folder, metadata={"sha256": folder.name * 8, "decision": decision})
+    """Store a candidate whose report says ``decision`` about it."""
+    return registry.add_candidate(judged(folder, registry.home, decision), metadata={"decision": decision})
 
 
 def test_promote_and_rollback(models, tmp_path):
@@ -129,3 +144,111 @@ def test_unknown_versions_list_the_known_ones(models, tmp_path):
     a = add(reg, models / "a")
     with pytest.raises(RegistryError, match=f"no model versions match 'nope'; known: {a.tag}"):
         reg.get("nope")
+
+
+# --- nothing unverified reaches production ----------------------------------------------------------------------------
+
+
+def corrupt(folder: Path) -> None:
+    with open(folder / "generator.onnx", "r+b") as fh:  # one flipped byte, as bit rot or a truncated copy leaves
+        fh.seek(500)
+        byte = fh.read(1)
+        fh.seek(500)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_corrupt_candidate_is_refused_even_with_force(models, tmp_path):
+    reg = Registry(tmp_path)
+    candidate = add(reg, models / "a")
+    corrupt(candidate.path)  # in the store, after it was stored
+    for force in (False, True):
+        with pytest.raises(RegistryError, match="fails verification: .*generator.onnx has sha256"):
+            reg.promote(candidate.version, force=force)
+    assert reg.production() is None
+
+
+def test_a_report_of_another_model_counts_as_no_report(models, tmp_path):
+    reg = Registry(tmp_path)
+    other = json.loads((models / "b" / "manifest.json").read_text())["sha256"]
+    mixed_up = reg.add_candidate(judged(models / "a", tmp_path, "pass", sha256=other), metadata={"decision": "pass"})
+    with pytest.raises(RegistryError, match=f"not judged: its report judged {other[:12]}, not this file"):
+        reg.promote(mixed_up.version)
+    assert reg.promote(mixed_up.version, force=True).metadata["decision"].startswith("not judged")
+
+
+@pytest.mark.parametrize("report", ["{not json", "[1, 2]", '{"decision": "pass"}'])
+def test_a_report_that_is_not_a_gate_report_is_a_clear_error(models, tmp_path, report):
+    folder = judged(models / "a", tmp_path)
+    (folder / "report.json").write_text(report)
+    with pytest.raises(RegistryError, match="report.json is not a gate report"):
+        Registry(tmp_path).import_model(folder)
+
+
+def test_the_store_records_the_verified_hash_not_the_callers(models, tmp_path):
+    entry = Registry(tmp_path).add_candidate(models / "a", metadata={"sha256": "made up", "decision": "pass"})
+    assert entry.sha256 == json.loads((models / "a" / "manifest.json").read_text())["sha256"]
+
+
+def test_import_refuses_a_corrupt_folder_and_promotes_only_a_report_of_this_file(models, tmp_path):
+    """Through the real command, as `make serve` runs it: one line, exit 2, and production untouched."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home")}
+
+    def ganserve(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "training", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+    broken = judged(models / "a", tmp_path)
+    corrupt(broken)
+    done = ganserve("import", str(broken), "--promote-if-empty")
+    assert done.returncode == 2 and "fails verification" in done.stderr and "Traceback" not in done.stderr
+    other = json.loads((models / "b" / "manifest.json").read_text())["sha256"]
+    mixed_up = judged(models / "a", tmp_path, "pass", sha256=other)  # a generator carrying another's "pass"
+    done = ganserve("import", str(mixed_up), "--promote-if-empty")
+    assert done.returncode == 2 and "did not pass the quality gate (not judged: its report judged" in done.stderr
+    assert Registry(tmp_path / "home").production() is None
+    done = ganserve("import", str(judged(models / "a", tmp_path)), "--promote-if-empty")
+    assert done.returncode == 0 and "production is ganserve-generator:" in done.stdout, done.stderr
+
+
+def test_a_promotion_cleans_what_a_killed_one_left_in_staging_but_not_a_live_jobs(models, tmp_path):
+    reg = Registry(tmp_path)
+    candidate = add(reg, models / "a")
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal; from training.registry import Registry; "
+         f"r = Registry({str(tmp_path)!r}); "
+         "r._hook = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 'staged' else None; "
+         f"r.promote({candidate.version!r})"],
+        cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -9
+    staging = tmp_path / "ganserve-staging"
+    (left,) = list(staging.iterdir())  # kill -9 mid-promotion: its half-built version is still there
+    assert any(left.rglob("generator.onnx")) and reg.production() is None
+
+    live = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from training.registry import Registry; "
+         f"r = Registry({str(tmp_path)!r}); cm = r._staging(shared=True); cm.__enter__(); "
+         f"Path({str(staging / 'live')!r}).mkdir(); print('building', flush=True); time.sleep(30)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert live.stdout.readline().strip() == "building"
+        reg.promote(candidate.version)  # a job is building a version: nothing in staging is touched
+        assert {p.name for p in staging.iterdir()} == {left.name, "live"}
+    finally:
+        live.kill()
+        live.wait()
+    reg.promote(add(reg, models / "b").version)  # alone now: the leftovers go
+    assert list(staging.iterdir()) == [] and reg.production().metadata["decision"] == "pass"
+
+
+def test_retired_versions_are_pruned_past_the_retention(models, tmp_path):
+    reg = Registry(tmp_path, keep_retired=2)
+    for _ in range(4):  # each promote-and-rollback retires one version
+        reg.promote(add(reg, models / "a").version)
+        reg.promote(add(reg, models / "b").version)
+        reg.rollback()
+    retired = tmp_path / "ganserve-retired" / PRODUCTION_NAME
+    assert len(list(retired.iterdir())) == 2
+    with pytest.raises(RegistryError, match="keep_retired must be 0 or more"):
+        Registry(tmp_path, keep_retired=-1)

@@ -115,10 +115,10 @@ def evaluate(
 @app.command()
 def models() -> None:
     """List the registry: candidates and promotions, newest last, with their gate figures."""
-    from training.registry import CANDIDATE_NAME, PRODUCTION_NAME, Registry
+    from training.registry import CANDIDATE_NAME, PRODUCTION_NAME
 
     with _errors():
-        registry = Registry()
+        registry = _registry()
         current = registry.production()
         rows = []
         for name in (CANDIDATE_NAME, PRODUCTION_NAME):
@@ -142,17 +142,20 @@ def models() -> None:
 def import_cmd(
     folder: Path = typer.Argument(..., help="an exported model folder, e.g. models/default"),
     promote_if_empty: bool = typer.Option(False, "--promote-if-empty", help="promote it if there is no production"),
+    force: bool = typer.Option(
+        False, "--force", help="with --promote-if-empty: promote it even without a passing report of this file"
+    ),
 ) -> None:
-    """Store an exported model folder in the registry as a candidate (what `make serve` does with models/default)."""
-    from training.registry import Registry
+    """Store an exported model folder in the registry as a candidate (what `make serve` does with models/default).
 
+    The ONNX file must match its manifest's sha256; the gate's decision counts only from a report that judged it."""
     with _errors():
-        registry = Registry()
+        registry = _registry()
         current = registry.production()
         if promote_if_empty and current is not None:
             typer.echo(f"production is {current.tag}; nothing imported")
             return
-        entry = registry.import_model(folder, promote_if_empty=promote_if_empty)
+        entry = registry.import_model(folder, promote_if_empty=promote_if_empty, force=force)
         now = registry.production()
     typer.echo(f"imported {folder} as {entry.tag}" + (f"; production is {now.tag}" if now else ""))
 
@@ -160,23 +163,21 @@ def import_cmd(
 @app.command()
 def promote(
     version: str = typer.Argument(..., help="a candidate version (or name:version, or a unique prefix)"),
-    force: bool = typer.Option(False, "--force", help="promote even if the gate rejected it"),
+    force: bool = typer.Option(False, "--force", help="promote even if the gate rejected or did not judge it"),
 ) -> None:
-    """Make a candidate the production model (atomic; the service picks it up within seconds)."""
-    from training.registry import Registry
+    """Make a candidate the production model (atomic; the service picks it up within seconds).
 
+    Refused, even with --force, when its ONNX file does not match its manifest's sha256."""
     with _errors():
-        entry = Registry().promote(version, force=force)
+        entry = _registry().promote(version, force=force)
     typer.echo(f"promoted {entry.metadata.get('promoted_from')} as {entry.tag}")
 
 
 @app.command()
 def rollback() -> None:
     """Return production to the promotion before the current one."""
-    from training.registry import Registry
-
     with _errors():
-        entry = Registry().rollback()
+        entry = _registry().rollback()
     typer.echo(f"production is now {entry.tag} ({entry.metadata.get('promoted_from')})")
 
 
@@ -203,7 +204,10 @@ def retrain(
         with _errors(code=1), logging_redirect_tqdm():
             cfg = load_config(config, overrides)
             gate = _validated(GateConfig, apply_overrides({}, gate_overrides))
-            result = run_job(cfg, evaluator=evaluator, runs_dir=runs_dir, gate=gate, progress=progress)
+            registry = _registry()
+            result = run_job(
+                cfg, evaluator=evaluator, runs_dir=runs_dir, registry=registry, gate=gate, progress=progress
+            )
     except KeyboardInterrupt:
         typer.secho("INTERRUPTED: run the same command again to resume from the last checkpoint", err=True)
         raise typer.Exit(130) from None
@@ -215,13 +219,24 @@ def retrain(
     raise typer.Exit(result.exit_code)
 
 
-def _resolve_against(against: str) -> Path | None:
-    from training.registry import Registry
+def _registry():
+    """The registry in BentoML's home; GANSERVE_KEEP_RETIRED retired versions are kept (5 by default)."""
+    import os
 
+    from training.config import ConfigError
+    from training.registry import KEEP_RETIRED, Registry
+
+    keep = os.environ.get("GANSERVE_KEEP_RETIRED", str(KEEP_RETIRED))
+    if not keep.isdigit():
+        raise ConfigError(f"GANSERVE_KEEP_RETIRED={keep!r}: use a whole number of versions, 0 or more")
+    return Registry(keep_retired=int(keep))
+
+
+def _resolve_against(against: str) -> Path | None:
     if against == "none":
         return None
     if against == "production":
-        current = Registry().production()
+        current = _registry().production()
         return current.path if current else None
     return Path(against)
 

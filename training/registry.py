@@ -5,15 +5,24 @@ copies it into a new version of ``ganserve-generator``, whose ``latest`` pointer
 ``bentoml build`` read ``ganserve-generator:latest``.
 
 Why not plain ``bentoml.models.create``: it writes the version folder in place, so a crash mid-copy leaves a
-half-written version in the store. Here a version is built in a staging folder on the same file system, renamed
-into the store (atomic), and only then does ``latest`` move, by ``os.replace`` (atomic). A crash at any point
-leaves production as it was; an orphaned version newer than ``latest`` is retired by the next promotion.
-Rollback points ``latest`` at the promotion before the current one and retires the current one.
+half-written version in the store. Here a version is built in a staging folder on the same file system, checked
+against its manifest's sha256, renamed into the store (atomic), and only then does ``latest`` move, by
+``os.replace`` (atomic). A crash at any point leaves production as it was; an orphaned version newer than
+``latest`` is retired by the next promotion, and staging folders left by a killed job are removed by it too.
+Rollback points ``latest`` at the promotion before the current one and retires the current one. Retired versions
+past the newest ``keep_retired`` are deleted.
+
+Nothing unverified reaches production: a promotion checks the candidate's ONNX file against its manifest (always;
+``force`` does not override a corrupt file) and takes the gate's decision from the candidate's ``report.json`` only
+when that report judged this very file (its ``candidate.sha256``). A report of another model counts as none: the
+candidate is "not judged" and needs ``force``. This guards against accidents and mix-ups, not forgery: whoever can
+rewrite the files can rewrite their hashes too.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import uuid
@@ -24,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from service.manifest import Manifest, ManifestError, read_manifest
+
 __all__ = [
     "CANDIDATE_NAME",
     "PRODUCTION_NAME",
@@ -32,11 +43,13 @@ __all__ = [
     "RegistryError",
     "RegistryLocked",
     "model_metadata",
+    "verified_report",
 ]
 
 CANDIDATE_NAME = "ganserve-candidate"
 PRODUCTION_NAME = "ganserve-generator"
 MODEL_FILES = ("generator.onnx", "manifest.json", "report.json", "report.md", "grid.png")
+KEEP_RETIRED = 5
 
 
 class RegistryError(RuntimeError):
@@ -47,22 +60,48 @@ class RegistryLocked(RegistryError):
     """Another job holds the promotion lock."""
 
 
-def model_metadata(manifest: Any, report: dict | None) -> dict[str, Any]:
-    """What ``ganserve models`` shows of a model: its hash, run, and the gate's headline figures."""
-    figures = report["figures"]["candidate"] if report else {}
+def verified_report(folder: Path) -> tuple[Manifest, dict | None, str]:
+    """The model in ``folder`` checked against its manifest, its gate report if that judged this very file, and the
+    decision that follows: the report's, or "not judged". A file that fails its sha256 is a ``RegistryError``."""
+    manifest = _verified(folder)
+    path = Path(folder) / "report.json"
+    if not path.is_file():
+        return manifest, None, "not judged"
+    try:
+        report = json.loads(path.read_text())
+        judged, decision = report["candidate"]["sha256"], report["decision"]
+    except (ValueError, TypeError, KeyError) as err:
+        raise RegistryError(f"{path} is not a gate report ({type(err).__name__}: {err})") from None
+    if judged != manifest.sha256:
+        return (
+            manifest,
+            None,
+            f"not judged: its report judged {str(judged)[:12]}, not this file ({manifest.sha256[:12]})",
+        )
+    return manifest, report, decision
 
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 4)
 
-    return {
+def _verified(folder: Path) -> Manifest:
+    try:
+        return read_manifest(folder)
+    except ManifestError as err:
+        raise RegistryError(f"refusing a model that fails verification: {err}") from None
+
+
+def model_metadata(manifest: Any, report: dict | None, decision: str | None = None) -> dict[str, Any]:
+    """What ``ganserve models`` shows of a model: its hash, run, and the gate's decision and headline figures
+    (those it has: BentoML's metadata takes no None)."""
+    figures = (report or {}).get("figures", {}).get("candidate", {})
+    shown = {
         "sha256": manifest.sha256,
         "run_id": manifest.training.run_id if manifest.training else None,
         "step": manifest.training.step if manifest.training else None,
-        "decision": report["decision"] if report else "not judged",
-        "fid": rounded(figures.get("fid")),
-        "feature_judge_accuracy": rounded(figures.get("feature_judge", {}).get("accuracy")),
-        "pixel_judge_accuracy": rounded(figures.get("pixel_judge", {}).get("accuracy")),
+        "decision": decision or (report["decision"] if report else "not judged"),
+        "fid": figures.get("fid"),
+        "feature_judge_accuracy": figures.get("feature_judge", {}).get("accuracy"),
+        "pixel_judge_accuracy": figures.get("pixel_judge", {}).get("accuracy"),
     }
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -83,10 +122,13 @@ class Entry:
 class Registry:
     """The store under ``home`` (BentoML's home, ``$BENTOML_HOME`` or ~/bentoml, by default)."""
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, *, keep_retired: int = KEEP_RETIRED) -> None:
         from bentoml._internal.configuration.containers import BentoMLContainer
         from bentoml._internal.models.model import ModelStore
 
+        if keep_retired < 0:
+            raise RegistryError(f"keep_retired must be 0 or more, not {keep_retired}")
+        self.keep_retired = keep_retired
         self.home = Path(home) if home is not None else Path(BentoMLContainer.bentoml_home.get())
         self.models_dir = self.home / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -135,20 +177,18 @@ class Registry:
         """Store an exported, evaluated model folder as a new candidate version."""
         return self._commit(CANDIDATE_NAME, folder, labels={"stage": "candidate"}, metadata=metadata)
 
-    def import_model(self, folder: Path, *, promote_if_empty: bool = False) -> Entry:
+    def import_model(self, folder: Path, *, promote_if_empty: bool = False, force: bool = False) -> Entry:
         """Store an exported model folder (e.g. the shipped ``models/default``) as a candidate, with the figures of
-        its gate report; with ``promote_if_empty``, also promote it when there is no production model yet."""
-        import json
-
-        from service.manifest import read_manifest
-
-        manifest = read_manifest(folder)  # refuses a folder whose ONNX file does not match its manifest
-        report_path = Path(folder) / "report.json"
-        report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        metadata = {**model_metadata(manifest, report), "imported_from": str(folder)}
+        its gate report; with ``promote_if_empty``, also promote it when there is no production model yet (which,
+        like any promotion, needs a passing report that judged this file, or ``force``)."""
+        manifest, report, decision = verified_report(folder)
+        promote = promote_if_empty and self.production() is None
+        if promote and decision != "pass" and not force:  # refused before it is stored, so a retry stores one copy
+            raise RegistryError(f"{folder} did not pass the quality gate ({decision}); use --force to promote")
+        metadata = {**model_metadata(manifest, report, decision), "imported_from": str(folder)}
         entry = self.add_candidate(folder, metadata=metadata)
-        if promote_if_empty and self.production() is None:
-            self.promote(entry.version, expected_production=None, force=True)
+        if promote:
+            self.promote(entry.version, expected_production=None, force=force)
         return entry
 
     def promote(self, version: str, *, expected_production: str | None = "unchecked", force: bool = False) -> Entry:
@@ -156,8 +196,8 @@ class Registry:
         refuses the promotion if production changed since the candidate was judged against it."""
         with self.lock():
             candidate = self.get(version if ":" in version else f"{CANDIDATE_NAME}:{version}")
-            if candidate.metadata.get("decision") != "pass" and not force:
-                decision = candidate.metadata.get("decision", "not judged")
+            _, _, decision = verified_report(candidate.path)
+            if decision != "pass" and not force:
                 raise RegistryError(
                     f"{candidate.tag} did not pass the quality gate ({decision}); use --force to promote"
                 )
@@ -165,7 +205,8 @@ class Registry:
             if expected_production != "unchecked" and (current.sha256 if current else None) != expected_production:
                 raise RegistryError("production changed while the candidate was judged; judge it again")
             self._retire_orphans()
-            metadata = {**candidate.metadata, "promoted_from": candidate.tag}
+            self._clean_staging()
+            metadata = {**candidate.metadata, "decision": decision, "promoted_from": candidate.tag}
             entry = self._commit(PRODUCTION_NAME, candidate.path, labels={"stage": "production"}, metadata=metadata)
             self._point_latest(entry.version)
             return entry
@@ -212,22 +253,49 @@ class Registry:
         from bentoml._internal.models.model import ModelStore
 
         staging_root = self.home / "ganserve-staging" / uuid.uuid4().hex
-        try:
-            staging = ModelStore(str(staging_root))
-            with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=staging) as m:
-                for file in MODEL_FILES:
-                    if (Path(folder) / file).is_file():
-                        shutil.copy2(Path(folder) / file, m.path_of(file))
-            version = m.tag.version
-            self._step("staged")
-            (self.models_dir / name).mkdir(exist_ok=True)
-            os.rename(staging_root / name / version, self.models_dir / name / version)  # atomic on one file system
-            self._step("renamed")
-            if name == CANDIDATE_NAME:
-                self._point_latest(version, name)
-        finally:
-            shutil.rmtree(staging_root, ignore_errors=True)
+        with self._staging(shared=True):
+            try:
+                staging = ModelStore(str(staging_root))
+                with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=staging) as m:
+                    for file in MODEL_FILES:
+                        if (Path(folder) / file).is_file():
+                            shutil.copy2(Path(folder) / file, m.path_of(file))
+                    # what enters the store is what was verified: the copy, not the source, is checked
+                    m.info.metadata["sha256"] = _verified(Path(m.path)).sha256
+                version = m.tag.version
+                self._step("staged")
+                (self.models_dir / name).mkdir(exist_ok=True)
+                os.rename(staging_root / name / version, self.models_dir / name / version)  # atomic on one fs
+                self._step("renamed")
+                if name == CANDIDATE_NAME:
+                    self._point_latest(version, name)
+            finally:
+                shutil.rmtree(staging_root, ignore_errors=True)
         return self._entry(self.store.get(f"{name}:{version}"))
+
+    @contextmanager
+    def _staging(self, *, shared: bool) -> Iterator[bool]:
+        """A lock on the staging area: shared while a job builds a version there (blocking, for the moment a
+        cleanup takes), exclusive to clean it (not blocking). Yields whether the lock was had. flock dies with
+        its process, so a killed job never keeps it."""
+        (self.home / "ganserve-staging").mkdir(parents=True, exist_ok=True)
+        with open(self.home / "ganserve-staging.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _clean_staging(self) -> None:
+        """Remove what killed jobs left in the staging area; only when no live job is building a version there."""
+        with self._staging(shared=False) as alone:
+            if alone:
+                for leftover in (self.home / "ganserve-staging").iterdir():
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     def _point_latest(self, version: str, name: str = PRODUCTION_NAME) -> None:
         tmp = self.models_dir / name / f".latest.{uuid.uuid4().hex}"
@@ -243,9 +311,14 @@ class Registry:
                 self._retire(entry)
 
     def _retire(self, entry: Entry) -> None:
+        """Move a version out of the store; keep the newest ``keep_retired`` retired versions, delete the rest."""
         retired = self.home / "ganserve-retired" / entry.name
         retired.mkdir(parents=True, exist_ok=True)
         os.rename(entry.path, retired / entry.version)
+        os.utime(retired / entry.version)  # the retirement time orders them
+        by_age = sorted(retired.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in by_age[self.keep_retired :]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _step(self, name: str) -> None:
         if self._hook is not None:
