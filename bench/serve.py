@@ -1,6 +1,7 @@
 """Serving speed, every side measured in one run on this machine with one load generator (`hey`, Debian's package):
 
-- the in-process ceiling: draw latents + onnxruntime + PNG in a tight loop, one process and two 1-thread processes;
+- the in-process ceiling: draw latents + onnxruntime + PNG in a tight loop (``GeneratorRuntime.generate``), one
+  process and two 1-thread processes;
 - ganserve (`bentoml serve service.service:GANServe`) in each layout asked for, n = 1 and n = 16 at concurrency 1, 8
   and 32, with the mean number of requests per onnxruntime run read from /metrics;
 - the naive peer a user would write instead (FastAPI + uvicorn + onnxruntime per request, bench/peers/naive_fastapi.py);
@@ -28,7 +29,6 @@ import httpx
 import numpy as np
 
 from service.imaging import encode_png
-from service.latents import latents_for_seeds
 from service.runtime import GeneratorRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +37,9 @@ LOADS = [(n, c) for n in (1, 16) for c in (1, 8, 32)]
 
 def _ceiling_worker(folder: str, seconds: float, n: int, threads: int, out: mp.Queue) -> None:
     runtime = GeneratorRuntime(Path(folder), threads=threads)
-    classes = len(runtime.manifest.class_names)
     done, seed, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        seeds = range(seed, seed + n)
-        labels = np.arange(seed, seed + n, dtype=np.int64) % classes if classes else None
-        images = runtime.run(latents_for_seeds(seeds, runtime.manifest.latent_dim), labels)
+        images = runtime.generate(np.arange(seed, seed + n))  # the service's path: latents, labels, the model
         for image in images:  # one PNG per image, as /generate_batch encodes them
             encode_png(image)
         done, seed = done + n, seed + n
@@ -166,7 +163,7 @@ def main() -> None:
         env = {**os.environ, "BENTOML_HOME": str(home), "BENCH_LOGS": str(home), "GANSERVE_MODEL_DIR": str(args.model)}
         from training.registry import Registry
 
-        Registry(home).import_model(args.model, promote_if_empty=True)
+        Registry(home).import_model(args.model, promote_if_empty=True, force=True)  # speed needs no gate
         py = sys.executable
         bento = [py, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
         sides = {

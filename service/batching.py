@@ -27,7 +27,7 @@ class Batcher:
     """``await batcher(rows)`` returns ``run(rows)``, computed in one call with the rows of concurrent requests.
 
     ``run`` maps an array of rows to an array with one output row per input row. A run takes queued requests in
-    arrival order up to ``max_rows`` rows (and at least one request, however large), all of one row shape.
+    arrival order up to ``max_rows`` rows (and at least one request, however large).
     ``on_batch(requests, rows)`` is told the size of each run. An exception in ``run`` reaches every request of that
     run and no other.
     """
@@ -54,22 +54,13 @@ class Batcher:
         return await waiter
 
     def _next_batch(self) -> list[_Waiting]:
-        """Queued requests in arrival order up to max_rows rows, all with the first one's row shape: rows of another
-        shape (packed for a model of another latent size, across a promotion) wait for a run of their own."""
+        """Queued requests in arrival order up to max_rows rows (at least one request, however large)."""
         self._queue = [(r, w) for r, w in self._queue if not w.done()]  # a client that went away needs no run
-        if not self._queue:
-            return []
-        shape = self._queue[0][0].shape[1:]
-        batch, rest, rows, full = [], [], 0, False
-        for request, waiter in self._queue:
-            same = request.shape[1:] == shape
-            if same and not full and (not batch or rows + len(request) <= self._max_rows):
-                batch.append((request, waiter))
-                rows += len(request)
-            else:
-                full = full or same
-                rest.append((request, waiter))
-        self._queue = rest
+        batch, rows = [], 0
+        while self._queue and (not batch or rows + len(self._queue[0][0]) <= self._max_rows):
+            request, waiter = self._queue.pop(0)
+            batch.append((request, waiter))
+            rows += len(request)
         return batch
 
     async def _drain(self) -> None:

@@ -1,16 +1,20 @@
 """ganserve's HTTP service: ``bentoml serve service.service:GANServe``.
 
-``GANServe`` is the HTTP entry: it validates, draws each image's latent from its seed, runs the model and encodes
-PNGs. Where the model runs is the layout (``GANSERVE_LAYOUT``):
+``GANServe`` is the HTTP entry: it validates, runs the model on the requested seeds and encodes PNGs. Where the
+model runs is the layout (``GANSERVE_LAYOUT``):
 
 - ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime session; its batchable
-  ``run`` lets BentoML merge the latents of concurrent requests into one onnxruntime run.
+  ``run`` lets BentoML merge the rows of concurrent requests into one onnxruntime run.
 - ``inprocess`` (the default on CPU, where the hop to another service costs ~5 ms a request, docs/BENCHMARKS.md):
   every GANServe worker, one per core, holds its own session and merges its concurrent requests into one run
   (``service.batching``).
 
-Either way promotion is picked up without a restart: whoever holds the model polls the registry's production
-pointer and swaps the model when it moves.
+Either way requests travel as seeds, and the latents are drawn in the thread that runs the model: the event loop
+only parses, routes and answers, so no request can stall the others or the health checks. Whoever holds the model
+follows the store's production pointer (``service.production``). Before any of it, ``service.guard`` refuses
+requests without the key, with bodies too large, too slow or not JSON, or beyond the concurrency limit, and
+``service.transport`` cuts off connections whose headers do not arrive in time. docs/HARDENING.md lists the
+attacks and faults this is built to withstand.
 """
 
 from __future__ import annotations
@@ -18,36 +22,38 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
-import hmac
 import logging
+import math
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
-from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from service import openapi
 from service.batching import Batcher
+from service.guard import ClientErrorLog, Guard
 from service.imaging import encode_png, tile
-from service.latents import MAX_SEED, latents_for_seeds
-from service.limits import BodyLimit
-from service.runtime import GeneratorRuntime, nvidia_driver_present, pack, unpack
+from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION, labels_for_seeds
+from service.production import NotReady, Production
+from service.runtime import nvidia_driver_present, pack, unstamp
+from service.settings import Settings
+from service.transport import use_header_deadline
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
 
-MODEL_TAG = os.environ.get("GANSERVE_MODEL_TAG", "ganserve-generator:latest")
-MAX_N = int(os.environ.get("GANSERVE_MAX_N", "64"))
-RELOAD_SECONDS = float(os.environ.get("GANSERVE_RELOAD_SECONDS", "5"))
-MAX_CONCURRENCY = int(os.environ.get("GANSERVE_MAX_CONCURRENCY", "256"))  # beyond it: 429
-MAX_BODY = int(os.environ.get("GANSERVE_MAX_BODY", "4096"))  # bytes; a valid /generate body is under 100
-UNAUTHORIZED = {"error": "missing or wrong API key: send the header Authorization: Bearer <key>"}
+SETTINGS = Settings.from_env()
 MAX_BATCH = 256  # rows per onnxruntime run
+INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are written off the event loop (~0.2 ms)
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
 # killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
 NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
@@ -64,55 +70,32 @@ class _Drawn:
     version: str
 
 
+class _Refused(Exception):
+    """A request this service answers with a 4xx or 503 and a JSON body that says why."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body["error"])
+        self.status, self.body = status, body
+
+
 class GenerateRequest(BaseModel):
-    """Body of /generate and /generate_batch. Unknown fields are refused, not ignored."""
+    """Body of /generate and /generate_batch. Unknown fields are refused, not ignored; types are strict (no
+    numbers in strings, no booleans for numbers), as a JSON API's clients expect."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    n: Annotated[int, Field(ge=1, le=MAX_N, description="images; a grid when more than one")] = 1
-    seed: Annotated[int | None, Field(ge=0, lt=MAX_SEED, description="image i gets seed + i; random if absent")] = None
-    truncation: Annotated[float | None, Field(gt=0, le=4, description="resample |z| above this (truncation trick)")] = (
-        None
-    )
-    label: Annotated[int | str | None, Field(description="class name or index, for a conditional model")] = None
-
-
-class _Production:
-    """The model being served, following the registry: a promotion is loaded and warmed up beside the old model,
-    then swapped in with one assignment, so no request ever sees a half-loaded model."""
-
-    def __init__(self, path: Path, *, threads: int = 0) -> None:
-        self.threads = threads
-        self.runtime = GeneratorRuntime(path, threads=threads)
-        self.runtime.warm_up()
-        self.retired: dict[str, Any] | None = None  # the model swapped out last, for images it drew before the swap
-
-    async def follow(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_SECONDS)
-            try:
-                path = Path(bentoml.models.get(MODEL_TAG).path)
-                if path != self.runtime.folder:
-                    fresh = await asyncio.to_thread(GeneratorRuntime, path, threads=self.threads)
-                    await asyncio.to_thread(fresh.warm_up)
-                    self.retired, self.runtime = self.describe(), fresh
-                    log.info("now serving %s (%s)", fresh.version, path)
-            except Exception:  # a half-visible promotion or a store hiccup must never take the model down
-                log.exception("could not check for a newly promoted model; still serving %s", self.runtime.version)
-
-    def describe(self, version: str | None = None) -> dict[str, Any]:
-        if self.retired is not None and version == self.retired["version"]:
-            return self.retired
-        r = self.runtime
-        return {"version": r.version, "provider": r.provider, **r.manifest.model_dump(mode="json")}
-
-    def draw(self, rows: np.ndarray) -> np.ndarray:
-        """Rows of [z, label] -> one uint8 row per image: its pixels (H*W*C), then the 12 ASCII bytes of the
-        version that drew it, so a request never mislabels an image across a swap. Blocking: call it off the loop."""
-        runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
-        images = runtime.run(*unpack(rows)).reshape(len(rows), -1)
-        version = np.frombuffer(runtime.version.encode(), dtype=np.uint8)
-        return np.concatenate([images, np.broadcast_to(version, (len(rows), len(version)))], axis=1)
+    n: Annotated[int, Field(ge=1, le=SETTINGS.max_n, description="images; a grid when more than one")] = 1
+    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED - 1, description="image i gets seed + i; else random")] = None
+    truncation: Annotated[
+        float | None,
+        Field(
+            ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
+            description="truncate z to [-t, t] (the truncation trick: fidelity for variety); none if absent",
+        ),
+    ] = None  # fmt: skip
+    label: Annotated[
+        Annotated[int, Field(ge=0)] | str | None, Field(description="class name or index, for a conditional model")
+    ] = None
 
 
 def _tame_garbage_collector() -> None:
@@ -127,56 +110,79 @@ def _layout() -> str:
     """batched (a Generator service merges requests: pays on a GPU) or inprocess (each HTTP worker runs the model
     and merges its own requests: fastest on CPU, where the hop to another service costs more than the model; see
     docs/BENCHMARKS.md)."""
-    chosen = os.environ.get("GANSERVE_LAYOUT", "auto")
-    if chosen not in ("auto", "batched", "inprocess"):
-        raise ValueError(f"GANSERVE_LAYOUT={chosen!r}; use auto, batched or inprocess")
-    if chosen == "auto":
+    if SETTINGS.layout == "auto":
         return "batched" if nvidia_driver_present() else "inprocess"
-    return chosen
+    return SETTINGS.layout
+
+
+def _refusal_metric() -> Callable[[str, bool], None]:
+    gauge = bentoml.metrics.Gauge(
+        name="ganserve_production_refused",
+        documentation="1 while the production version named by the label fails verification here and an earlier "
+        "version is served (or none)",
+        labelnames=["tag"],
+        multiprocess_mode="livemostrecent",  # the workers' latest word, not a killed worker's stale one
+    )
+    return lambda tag, refused: gauge.labels(tag=tag).set(int(refused))
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 LAYOUT = _layout()
-WORKERS = int(os.environ.get("GANSERVE_WORKERS", "0")) or (1 if LAYOUT == "batched" else (os.cpu_count() or 1))
+WORKERS = SETTINGS.workers or (1 if LAYOUT == "batched" else (os.cpu_count() or 1))
+use_header_deadline(SETTINGS.receive_timeout)  # before uvicorn starts in this worker process
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60}, runner_connection=NEVER_RECYCLE)
+@bentoml.service(workers=1, traffic={"timeout": SETTINGS.timeout}, runner_connection=NEVER_RECYCLE)
 class Generator:
     """Owns the model in the batched layout; idle in the in-process one (it still pins the model into the bento)."""
 
-    model = bentoml.models.BentoModel(MODEL_TAG)
+    model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
-        self.production = _Production(Path(self.model.path)) if LAYOUT == "batched" else None
+        batched = LAYOUT == "batched"
+        self.production = Production(SETTINGS.model_tag, on_refusal=_refusal_metric()) if batched else None
+
+    async def __is_ready__(self) -> bool:
+        return self.production is None or self.production.ready
 
     @bentoml.on_startup
     async def _watch(self) -> None:
-        if self.production is not None and RELOAD_SECONDS > 0:
-            self.watcher = asyncio.create_task(self.production.follow())
+        if self.production is not None:
+            self.watcher = asyncio.create_task(self.production.follow(SETTINGS.reload_seconds))
         _tame_garbage_collector()
 
     @bentoml.api
     async def describe(self, version: str | None = None) -> dict[str, Any]:
-        """The model being served, or the one swapped out last when asked for its version."""
-        return self.production.describe(version)
+        """The model being served, or the one swapped out last when asked for its version; empty when none is."""
+        try:
+            return self.production.describe(version)
+        except NotReady as err:
+            return {"not_ready": str(err)}
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
     async def run(self, rows: np.ndarray) -> np.ndarray:
+        if not self.production.ready:
+            raise ServiceUnavailable("no verified model to serve yet")
         # onnxruntime releases the GIL: off the event loop, BentoML's dispatcher gathers the next batch meanwhile
         return await asyncio.to_thread(self.production.draw, rows)
 
 
-app = FastAPI(title="ganserve pages")  # GET routes and the web page, bound to GANServe below
+app = FastAPI(title="ganserve pages", openapi_url=None, docs_url=None, redoc_url=None)  # bound to GANServe below
 
 
-@bentoml.service(workers=WORKERS, traffic={"timeout": 60, "max_concurrency": MAX_CONCURRENCY})
+# No max_concurrency here: the guard counts requests once their bodies are in, so slow senders hold no slot.
+@bentoml.service(workers=WORKERS, traffic={"timeout": SETTINGS.timeout})
 @bentoml.asgi_app(app, path="/")
 class GANServe:
-    """The HTTP entry: POST /generate (PNG), POST /generate_batch (JSON), GET /info, GET /ui."""
+    """The HTTP entry: POST /generate (PNG), POST /generate_batch (JSON), GET /info, GET /ui, GET /docs.json."""
 
     generator = bentoml.depends(Generator)
 
     def __init__(self) -> None:
-        self.api_key = os.environ.get("GANSERVE_API_KEY") or None
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLog())
         self.described: dict[str, Any] | None = None
         self.images_total = bentoml.metrics.Counter(
             name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint"]
@@ -189,95 +195,102 @@ class GANServe:
             documentation="requests merged into one onnxruntime run (in-process layout)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
         )
-        self.local: _Production | None = None
+        self.local: Production | None = None
         self.batcher: Batcher | None = None
         if LAYOUT == "inprocess":
             # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
             # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
             threads = max(1, (os.cpu_count() or 1) // WORKERS)
-            self.local = _Production(Path(bentoml.models.get(MODEL_TAG).path), threads=threads)
+            self.local = Production(SETTINGS.model_tag, threads=threads, on_refusal=_refusal_metric())
             self.batcher = Batcher(
                 self.local.draw, max_rows=MAX_BATCH, on_batch=lambda requests, _: self.batch_requests.observe(requests)
             )
+        self.docs = openapi.document(
+            GenerateRequest, api_key=SETTINGS.api_key is not None, metrics_key=SETTINGS.metrics_secret is not None
+        )
+
+    async def __is_ready__(self) -> bool:
+        return self.local is None or self.local.ready  # batched: BentoML's probe asks the Generator too
 
     @bentoml.on_startup
     async def _watch(self) -> None:
-        if self.local is not None and RELOAD_SECONDS > 0:
-            self.watcher = asyncio.create_task(self.local.follow())
+        if self.local is not None:
+            self.watcher = asyncio.create_task(self.local.follow(SETTINGS.reload_seconds))
         _tame_garbage_collector()
 
-    async def _describe(self, version: str | None = None) -> dict[str, Any]:
+    async def _describe(self, version: str | None = None, *, fresh: bool = False) -> dict[str, Any]:
+        """The model that drew ``version`` (the one being served when None); 503 when no model is loaded."""
         if self.local is not None:
-            if version is not None and version != self.local.runtime.version:
-                return self.local.describe(version)  # images drawn just before a swap: the shape and labels they have
-            version = self.local.runtime.version
-        if self.described is None or (version is not None and version != self.described["version"]):
+            try:
+                described = self.local.describe(version)
+            except NotReady as err:
+                raise _Refused(503, {"error": str(err)}) from None
+        elif fresh or self.described is None or (version is not None and version != self.described["version"]):
+            described = await self.generator.describe(version=version)
+            if "not_ready" in described:
+                raise _Refused(503, {"error": described["not_ready"]})
+        else:
+            return self.described
+        if described.get("retired"):
+            return described  # images drawn just before a swap: the shape and labels they have; not cached
+        if self.described is None or described["version"] != self.described["version"]:
             if self.described is not None:
                 self.model_info.labels(version=self.described["version"]).set(0)
-            self.described = self.local.describe() if self.local else await self.generator.describe(version=version)
-            self.model_info.labels(version=self.described["version"]).set(1)
-        return self.described
+            self.model_info.labels(version=described["version"]).set(1)
+        self.described = described
+        return described
 
-    def _authorized(self, authorization: str | None) -> bool:
-        if self.api_key is None:
-            return True
-        return hmac.compare_digest((authorization or "").encode(), f"Bearer {self.api_key}".encode())
-
-    async def _images(self, req: GenerateRequest) -> _Drawn | dict:
+    async def _images(self, body: dict[str, Any], endpoint: str) -> _Drawn:
+        req = GenerateRequest(**body)
         info = await self._describe()
         classes = info["class_names"]
-        label, problem = _label_index(req.label, classes)
-        if problem:
-            return problem
+        label = _label_index(req.label, classes)
         first = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
         seeds = [(first + i) % MAX_SEED for i in range(req.n)]
-        labels = None
-        if classes:  # without a label, a conditional model cycles through the classes by seed
-            labels = np.array([label if label is not None else s % len(classes) for s in seeds], dtype=np.int64)
-        z = latents_for_seeds(seeds, info["latent_dim"], truncation=req.truncation)
-        rows = pack(z, labels)
-        rows = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
-        version = bytes(rows[0, -12:]).decode()
+        rows = pack(seeds, label, req.truncation)
+        try:
+            out = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
+        except ServiceUnavailable:  # batched: the Generator has no model (restarted beside a bad file), or is full
+            raise _Refused(503, {"error": "the model service cannot take this request now; try again"}) from None
+        pixels, version = unstamp(out)
         if version != info["version"]:  # a promotion landed: the images say which model drew them
             info = await self._describe(version)
-        shape = (req.n, info["image"]["height"], info["image"]["width"], info["image"]["channels"])
+            classes = info["class_names"]
+        image = info["image"]
         # Labels as the model that drew the images knows them: across a promotion to an unconditional model, none.
-        indices = labels.tolist() if labels is not None and info["class_names"] else [None] * req.n
-        names = [None if i is None else info["class_names"][i] for i in indices]
-        return _Drawn(seeds, indices, names, rows[:, :-12].reshape(shape), version)
-
-    async def _handle(self, ctx: bentoml.Context, body: dict[str, Any], endpoint: str) -> _Drawn | JSONResponse:
-        """What both generate endpoints do: authorise, check the label, draw; or the 4xx that says why not."""
-        if not self._authorized(ctx.request.headers.get("authorization")):
-            return _problem(ctx, 401, UNAUTHORIZED)
-        drawn = await self._images(GenerateRequest(**body))
-        if isinstance(drawn, dict):
-            return _problem(ctx, 400, drawn)
-        self.images_total.labels(endpoint=endpoint).inc(len(drawn.images))
-        return drawn
+        indices = labels_for_seeds(seeds, len(classes), label).tolist() if classes else [None] * req.n
+        names = [None if i is None else classes[i] for i in indices]
+        self.images_total.labels(endpoint=endpoint).inc(req.n)
+        images = pixels.reshape(req.n, image["height"], image["width"], image["channels"])
+        return _Drawn(seeds, indices, names, images, version)
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
     async def generate(self, ctx: bentoml.Context, **body: Any) -> Annotated[bytes, ContentType("image/png")]:
         """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
-        drawn = await self._handle(ctx, body, "generate")
-        if isinstance(drawn, JSONResponse):
-            return drawn
+        try:
+            drawn = await self._images(body, "generate")
+        except _Refused as refused:
+            return _problem(ctx, refused)
         ctx.response.headers["X-Seeds"] = ",".join(map(str, drawn.seeds))
         ctx.response.headers["X-Model-Version"] = drawn.version
         images = drawn.images
-        return Response(encode_png(images[0] if len(images) == 1 else tile(images)), media_type="image/png")
+        png = await _cpu(images.nbytes, lambda: encode_png(images[0] if len(images) == 1 else tile(images)))
+        return Response(png, media_type="image/png")
 
     @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
     async def generate_batch(self, ctx: bentoml.Context, **body: Any) -> dict[str, Any]:
         """The same images as /generate, each its own PNG, base64 in JSON with its seed and label."""
-        drawn = await self._handle(ctx, body, "generate_batch")
-        if isinstance(drawn, JSONResponse):
-            return drawn
+        try:
+            drawn = await self._images(body, "generate_batch")
+        except _Refused as refused:
+            return _problem(ctx, refused)
+        images = drawn.images
+        pngs = await _cpu(images.nbytes, lambda: [base64.b64encode(encode_png(i)).decode() for i in images])
         return {
             "model_version": drawn.version,
             "images": [
-                {"seed": s, "label": name, "label_index": i, "png": base64.b64encode(encode_png(img)).decode()}
-                for s, i, name, img in zip(drawn.seeds, drawn.labels, drawn.names, drawn.images, strict=True)
+                {"seed": s, "label": name, "label_index": i, "png": png}
+                for s, i, name, png in zip(drawn.seeds, drawn.labels, drawn.names, pngs, strict=True)
             ],
         }
 
@@ -286,12 +299,18 @@ class GANServe:
         """A page to draw images, pick n, seed, label and truncation, and click an image for its seed."""
         return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
 
+    @app.get("/docs.json")
+    async def openapi_document(self) -> JSONResponse:
+        """This API as OpenAPI 3.0 (service.openapi), in place of BentoML's invalid one."""
+        return JSONResponse(self.docs)
+
     @app.get("/info")
-    async def info(self, request: Request) -> JSONResponse:
-        """The served model and the limits of this API."""
-        if not self._authorized(request.headers.get("authorization")):
-            return JSONResponse(UNAUTHORIZED, status_code=401)
-        d = await self._describe()
+    async def info(self) -> JSONResponse:
+        """The served model, any production version this server refused, and the limits of this API."""
+        try:
+            d = await self._describe(fresh=True)
+        except _Refused as refused:
+            return JSONResponse(refused.body, status_code=refused.status)
         return JSONResponse({
             "model_version": d["version"],
             "provider": d["provider"],
@@ -300,26 +319,45 @@ class GANServe:
             "latent_protocol": d["latent_protocol"],
             "class_names": d["class_names"],
             "gate": d.get("gate"),
-            "limits": {"n": [1, MAX_N], "seed": [0, MAX_SEED - 1], "truncation": "0 < t <= 4",
-                       "max_concurrency": MAX_CONCURRENCY, "auth": self.api_key is not None},
+            "refused": d["refused"],
+            "limits": {"n": [1, SETTINGS.max_n], "seed": [0, MAX_SEED - 1],
+                       "truncation": f"{MIN_TRUNCATION} <= t <= {MAX_TRUNCATION:g}",
+                       "max_concurrency": SETTINGS.max_concurrency, "auth": SETTINGS.api_key is not None},
         })  # fmt: skip
 
 
-GANServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY)
+GANServe.add_asgi_middleware(
+    Guard,
+    keys={
+        **dict.fromkeys(("/generate", "/generate_batch", "/info"), _secret(SETTINGS.api_key)),
+        "/metrics": _secret(SETTINGS.metrics_secret),
+    },
+    json_paths=frozenset({"/generate", "/generate_batch"}),
+    max_body=SETTINGS.max_body,
+    receive_timeout=SETTINGS.receive_timeout,
+    slots=math.ceil(SETTINGS.max_concurrency / WORKERS),  # per worker, as BentoML divides its own limit
+)
 
 
-def _label_index(label: int | str | None, classes: list[str]) -> tuple[int | None, dict | None]:
+def _label_index(label: int | str | None, classes: list[str]) -> int | None:
     if label is None:
-        return None, None
+        return None
     if not classes:
-        return None, {"error": "this model is unconditional: it takes no label", "allowed": []}
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
-        return label, None
+        raise _Refused(400, {"error": "this model is unconditional: it takes no label", "allowed": []})
+    if isinstance(label, int) and label < len(classes):
+        return label
     if isinstance(label, str) and label in classes:
-        return classes.index(label), None
-    return None, {"error": f"unknown label {label!r}", "allowed": classes, "allowed_indices": [0, len(classes) - 1]}
+        return classes.index(label)
+    raise _Refused(
+        400, {"error": f"unknown label {label!r}", "allowed": classes, "allowed_indices": [0, len(classes) - 1]}
+    )
 
 
-def _problem(ctx: bentoml.Context, status: int, body: dict) -> JSONResponse:
-    ctx.response.status_code = status  # BentoML applies the context's status over any returned response
-    return JSONResponse(body, status_code=status)
+def _problem(ctx: bentoml.Context, refused: _Refused) -> JSONResponse:
+    ctx.response.status_code = refused.status  # BentoML applies the context's status over any returned response
+    return JSONResponse(refused.body, status_code=refused.status)
+
+
+async def _cpu(size: int, work: Callable[[], Any]) -> Any:
+    """``work()``, on the event loop when it is small (a thread hop costs more), in a thread when it is not."""
+    return work() if size <= INLINE_PNG_BYTES else await asyncio.to_thread(work)

@@ -78,13 +78,6 @@ def test_a_request_cancelled_while_queued_is_left_out_of_the_run():
     assert batches == [[0], [2]] and isinstance(gone, asyncio.CancelledError) and values(stays) == [20]
 
 
-def test_rows_of_another_shape_wait_for_a_run_of_their_own():
-    wide = np.array([[8.0, 8.0]], dtype=np.float32)  # packed for a model of another latent size, across a promotion
-    batches, (_, one, other, two) = play(rows(1), wide, rows(2))
-    assert batches == [[0], [1, 2], [8]]
-    assert values(one) == [10] and values(two) == [20] and other.tolist() == [[80, 80]]
-
-
 def test_a_cancelled_drain_cancels_its_requests_instead_of_leaving_them_hanging():
     async def scenario() -> list:
         run = Gate()

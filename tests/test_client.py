@@ -87,6 +87,8 @@ def test_invalid_requests_carry_the_servers_message(server):
             client.generate(65)
         with pytest.raises(InvalidRequest, match="n: Input should be greater than or equal to 1"):
             client.generate(0)  # refused before any round trip
+        with pytest.raises(InvalidRequest, match="label: Value error, a boolean is not a number or a label"):
+            client.generate(label=True)  # Python's True is an int; the server takes it for neither
 
 
 def test_unauthorized_and_rate_limited_come_from_real_responses(home):
@@ -143,9 +145,12 @@ def scripted():
 
 def test_retries_on_503_then_succeed(scripted):
     url, handler = scripted
-    handler.script[:] = [503, 504, 200]
+    handler.script[:] = [503, 408, 504, 200]
     assert GanClient(url, retries=3, backoff=0.01).generate() == []
-    assert len(handler.seen) == 3
+    assert len(handler.seen) == 4
+    handler.script[:] = [408]
+    with pytest.raises(Timeout, match="408"):  # the server got no whole request in its time: transient
+        GanClient(url, retries=0).generate()
 
 
 def test_retries_stop_after_the_bound(scripted):

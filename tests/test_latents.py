@@ -1,11 +1,19 @@
 import io
+import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.imaging import encode_png, grid_shape, tile, to_uint8
-from service.latents import latents_for_seeds
+from service.latents import MAX_TRUNCATION, MIN_TRUNCATION, labels_for_seeds, latents_for_seeds
+
+# Pinned: the first entries of a few seeds' latents, untruncated and at t = 0.5. A change here changes every image.
+GOLDEN = {
+    0: ([1.1176220, -1.3871249, -0.4265716, -0.8035873], [0.3610484, -0.4119006, -0.1591933, -0.2812355]),
+    7: ([1.5219693, -1.1441058, 1.1501616, -1.7846532], [0.4315123, -0.3667652, 0.3680501, -0.4599764]),
+    2**32 - 1: ([-0.3346776, -0.4611296, 0.2072612, 0.2089017], [-0.1261373, -0.1713495, 0.0788826, 0.0794993]),
+}
 
 
 def test_a_seed_gives_the_same_latent_in_any_batch():
@@ -19,6 +27,40 @@ def test_a_seed_gives_the_same_latent_in_any_batch():
 def test_latents_are_standard_normal():
     z = latents_for_seeds(range(200), 100)
     assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+
+
+@pytest.mark.parametrize("seed", sorted(GOLDEN))
+def test_the_protocol_gives_its_pinned_values(seed):
+    plain, truncated = GOLDEN[seed]
+    np.testing.assert_allclose(latents_for_seeds([seed], 4)[0], plain, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(latents_for_seeds([seed], 4, truncation=0.5)[0], truncated, rtol=0, atol=1e-6)
+
+
+def test_truncation_draws_the_truncated_normal_at_any_strength():
+    z = latents_for_seeds(range(400), 100).astype(np.float64)
+    for t in (MIN_TRUNCATION, 0.5, 1.0, 2.0, MAX_TRUNCATION):
+        zt = latents_for_seeds(range(400), 100, truncation=t).astype(np.float64)
+        assert np.abs(zt).max() <= t
+        # the variance of N(0, 1) truncated to [-t, t]: 1 - 2 t φ(t) / (2 Φ(t) - 1)
+        pdf, mass = np.exp(-t * t / 2) / np.sqrt(2 * np.pi), math.erf(t / np.sqrt(2))
+        assert abs(zt.var() / (1 - 2 * t * pdf / mass) - 1) < 0.03, t
+        assert (np.sign(zt) == np.sign(z)).all() and (np.argsort(zt[0]) == np.argsort(z[0])).all()  # same z, squashed
+
+
+def test_truncation_per_row_and_its_limits():
+    rows = latents_for_seeds([7, 7, 7], 8, truncation=[np.inf, 1.0, 0.5])
+    np.testing.assert_array_equal(rows[0], latents_for_seeds([7], 8)[0])
+    np.testing.assert_array_equal(rows[2], latents_for_seeds([7], 8, truncation=0.5)[0])
+    assert np.abs(rows[1]).max() <= 1.0 and not np.array_equal(rows[1], rows[2])
+    for t in (0.0, 1e-300, 4.5, np.nan):
+        with pytest.raises(ValueError, match="truncation must be between 0.01 and 4.0"):
+            latents_for_seeds([1], 4, truncation=t)
+
+
+def test_labels_cycle_by_seed_unless_one_is_asked_for():
+    assert labels_for_seeds([7, 8, 9], 4).tolist() == [3, 0, 1]
+    assert labels_for_seeds([7, 8, 9], 4, 2).tolist() == [2, 2, 2]
+    assert labels_for_seeds([7, 8, 9], 4, [1, -1, 9]).tolist() == [1, 0, 1]  # none, or one this model lacks: by seed
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32])

@@ -12,6 +12,7 @@ from conftest import CLASSES, BlobGenerator, LabelledBlobs, Server, promote
 from PIL import Image
 
 from service.imaging import grid_shape, tile
+from service.latents import MIN_TRUNCATION
 from service.manifest import ImageSpec
 from training.export import export_module
 
@@ -105,8 +106,16 @@ def test_without_a_seed_random_seeds_are_drawn_and_returned(server):
         ({"n": 0}, 400, "greater than or equal to 1"),
         ({"n": 65}, 400, "less than or equal to 64"),
         ({"seed": -1}, 400, "greater than or equal to 0"),
-        ({"seed": 2**32}, 400, "less than 4294967296"),
-        ({"truncation": 0}, 400, "greater than 0"),
+        ({"seed": 2**32}, 400, "less than or equal to 4294967295"),
+        ({"truncation": 0}, 400, "greater than or equal to 0.01"),
+        ({"truncation": 1e-300}, 400, "greater than or equal to 0.01"),
+        ({"truncation": 4.5}, 400, "less than or equal to 4"),
+        ({"n": True}, 400, "Input should be a valid integer"),  # strict types: no booleans or strings for numbers
+        ({"n": "1"}, 400, "Input should be a valid integer"),
+        ({"n": 2.0}, 400, "Input should be a valid integer"),
+        ({"label": True}, 400, "Input should be a valid string"),
+        ({"truncation": "0.5"}, 400, "Input should be a valid number"),
+        ({"seed": "7"}, 400, "Input should be a valid integer"),
         ({"label": "zebra"}, 400, "unknown label 'zebra'"),
         ({"label": 4}, 400, "unknown label 4"),
         ({"colour": "red"}, 400, "Extra inputs are not permitted"),
@@ -127,6 +136,29 @@ def test_a_body_over_the_limit_is_refused(server):
 def test_truncation_is_reproducible_and_changes_the_image(server):
     a, b = post(server, seed=3, truncation=0.5, label=0), post(server, seed=3, truncation=0.5, label=0)
     assert a.content == b.content and a.content != post(server, seed=3, label=0).content
+
+
+def test_poison_truncations_answer_at_once_while_others_are_served(server):
+    """{"truncation": 1e-300} used to pin a worker for ever: the latents were redrawn until |z| <= t, on the event
+    loop. Now it is refused, and the strongest allowed truncation costs what any request costs."""
+    poison = [(1, 1e-300), (16, 1e-5), (64, MIN_TRUNCATION), (64, 1e-4)] * 4
+
+    async def attack() -> list[tuple[int, float]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+            async def timed(path: str, body: dict | None = None) -> tuple[int, float]:
+                start = time.monotonic()
+                r = await (client.get(path) if body is None else client.post(path, json=body))
+                return r.status_code, time.monotonic() - start
+
+            calls = [timed("/generate", {"n": n, "truncation": t}) for n, t in poison]
+            calls += [timed("/generate", {"n": 1, "seed": i}) for i in range(16)] + [timed("/livez") for _ in range(4)]
+            return await asyncio.gather(*calls)
+
+    results = asyncio.run(attack())
+    assert max(seconds for _, seconds in results) < 2, results
+    statuses = [status for status, _ in results]
+    assert statuses[: len(poison)] == [400, 400, 200, 400] * 4 and set(statuses[len(poison) :]) == {200}
 
 
 def test_unknown_label_lists_the_allowed_ones(server):
@@ -214,7 +246,7 @@ def test_hot_promotion_under_load_fails_no_request(home, server):
     assert r.status_code == 400 and "unconditional" in r.text
 
 
-def test_an_api_key_guards_generation_but_not_health(home, layout):
+def test_an_api_key_guards_generation_and_metrics_but_not_health(home, layout):
     s = Server(home, GANSERVE_API_KEY="s3cret", GANSERVE_LAYOUT=layout)
     try:
         assert httpx.post(f"{s.url}/generate", json={}).status_code == 401
@@ -223,6 +255,8 @@ def test_an_api_key_guards_generation_but_not_health(home, layout):
         assert httpx.get(f"{s.url}/info").status_code == 401
         ok = httpx.post(f"{s.url}/generate", json={}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        assert httpx.get(f"{s.url}/readyz").status_code == 200 and httpx.get(f"{s.url}/metrics").status_code == 200
+        assert httpx.get(f"{s.url}/readyz").status_code == 200 and httpx.get(f"{s.url}/livez").status_code == 200
+        assert httpx.get(f"{s.url}/metrics").status_code == 401  # it names the model version that /info guards
+        assert httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     finally:
         s.stop()

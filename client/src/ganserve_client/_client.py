@@ -28,7 +28,7 @@ __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "AsyncGanClient", "GanClient"]
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 DEFAULT_TIMEOUT = 30.0
-RETRIED_STATUS = {429, 503, 504}
+RETRIED_STATUS = {408, 429, 503, 504}
 
 
 class _Base:
@@ -85,7 +85,7 @@ class _Base:
                 f"{'.'.join(map(str, d.get('loc', []))) or 'body'}: {d.get('msg')}" for d in body["detail"]
             )
         status = response.status_code
-        cls = {401: Unauthorized, 429: RateLimited}.get(status)
+        cls = {401: Unauthorized, 408: Timeout, 429: RateLimited}.get(status)
         if cls is None:
             cls = InvalidRequest if 400 <= status < 500 else Unavailable
         raise cls(f"{status}: {message}", status=status, body=body)

@@ -1,11 +1,12 @@
 """The one exception tree of ganserve_client.
 
 GanServeError
-├── InvalidRequest      400, 413, 422: the request is wrong; carries the server's message and what is allowed
+├── InvalidRequest      400, 413, 415, 422: the request is wrong; carries the server's message and what is allowed
 ├── Unauthorized        401: missing or wrong API key
 ├── RateLimited         429: too many requests in flight (retried)
 ├── Unavailable         503, 504 and other 5xx (503 and 504 are retried)
-│   └── Timeout         no answer within the client's timeout (retried)
+│   └── Timeout         no answer within the client's timeout, or 408: the server got no whole request in its
+│                       time (retried)
 └── TransportError      the connection failed: refused, reset, DNS (retried)
 """
 

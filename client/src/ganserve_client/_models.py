@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["GenerateRequest", "GeneratedImage", "Health", "ImageSpec", "Limits", "ModelInfo"]
 
@@ -20,8 +20,15 @@ class GenerateRequest(BaseModel):
 
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=0, lt=2**32)
-    truncation: float | None = Field(None, gt=0, le=4)
+    truncation: float | None = Field(None, ge=0.01, le=4, description="truncate z to [-t, t]")
     label: int | str | None = None
+
+    @field_validator("n", "seed", "truncation", "label", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True is an int to Python; to the server it is neither a number nor a label
+            raise ValueError("a boolean is not a number or a label")
+        return value
 
 
 class ImageSpec(BaseModel):
@@ -50,6 +57,7 @@ class ModelInfo(BaseModel):
     latent_protocol: str
     class_names: list[str]
     gate: dict[str, Any] | None = None
+    refused: dict[str, str] | None = None  # a production version the server refused ("tag", "reason"), if any
     limits: Limits
 
 

@@ -1,0 +1,54 @@
+"""The service's settings: ``GANSERVE_<NAME>`` environment variables, read once per process, checked as a config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+__all__ = ["Settings"]
+
+PREFIX = "GANSERVE_"
+
+
+class Settings(BaseModel):
+    """Every field is the variable ``GANSERVE_`` + its name in capitals, e.g. ``GANSERVE_MAX_N=16``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_tag: str = Field("ganserve-generator:latest", description="the model; name:latest follows promotions")
+    layout: Literal["auto", "batched", "inprocess"] = Field("auto", description="auto: batched with an NVIDIA GPU")
+    workers: int = Field(0, ge=0, description="HTTP workers; 0: one per core in process, 1 batched")
+    max_n: int = Field(64, ge=1, le=1024, description="images per request")
+    max_concurrency: int = Field(256, ge=1, description="requests being served at once, bodies received; then 429")
+    max_body: int = Field(4096, ge=256, description="bytes of a request body, however it is sent; then 413")
+    timeout: float = Field(30.0, gt=0, description="seconds a request may take in all; then 504")
+    receive_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers, then its body; then 408")
+    reload_seconds: float = Field(5.0, ge=0, description="how often the store is checked for a promotion; 0: never")
+    api_key: SecretStr | None = Field(None, description="then /generate, /generate_batch and /info need it")
+    metrics_key: SecretStr | None = Field(None, description="for /metrics; the API key when unset")
+
+    @model_validator(mode="after")
+    def _deadlines_nest(self) -> Settings:
+        if self.receive_timeout >= self.timeout:  # else a slow body would get the request's 504, not its 408
+            raise ValueError(f"receive_timeout ({self.receive_timeout:g} s) must be below timeout ({self.timeout:g} s)")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """The settings the environment sets (empty values count as unset); a bad value stops the service with its
+        variable's name and what is allowed."""
+        raw = {name: environ[PREFIX + name.upper()] for name in cls.model_fields if environ.get(PREFIX + name.upper())}
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{PREFIX}{str(e['loc'][0]).upper() if e['loc'] else 'TIMEOUT'}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(f"bad ganserve setting: {problems}") from None
+
+    @property
+    def metrics_secret(self) -> SecretStr | None:
+        return self.metrics_key or self.api_key
