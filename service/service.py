@@ -156,7 +156,8 @@ class Generator:
 
     @bentoml.api
     async def describe(self, version: str | None = None) -> dict[str, Any]:
-        """The model being served, or the one swapped out last when asked for its version; empty when none is."""
+        """The model being served, or the one swapped out last when asked for its version; ``not_ready`` and why
+        when no model is loaded."""
         try:
             return self.production.describe(version)
         except NotReady as err:
