@@ -97,11 +97,14 @@ class Guard:
                 raise _Refusal(415, f"the body must be JSON (Content-Type: application/json), not {media}")
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
-            raise _Refusal(413, f"request body too large: at most {self.max_body} bytes")
+            raise self._too_large()
         try:
             return await asyncio.wait_for(self._read(receive), self.receive_timeout)
         except asyncio.TimeoutError:
             raise _Refusal(408, f"the request body did not arrive within {self.receive_timeout:g} s") from None
+
+    def _too_large(self) -> _Refusal:
+        return _Refusal(413, f"request body too large: at most {self.max_body} bytes")
 
     async def _read(self, receive: Receive) -> bytes | None:
         chunks, size = [], 0
@@ -112,7 +115,7 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise _Refusal(413, f"request body too large: at most {self.max_body} bytes")
+                raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

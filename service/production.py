@@ -43,7 +43,7 @@ class Production:
     def __init__(self, tag: str, *, threads: int = 0, on_refusal: Callable[[str, bool], None] | None = None) -> None:
         self.tag, self.threads, self.on_refusal = tag, threads, on_refusal
         self.runtime: GeneratorRuntime | None = None
-        self._description: dict[str, Any] = {}  # of the runtime: made once per swap, not per request
+        self._description: dict[str, Any] = {}  # of the runtime and refusal: made when they change, not per request
         self.retired: dict[str, Any] | None = None  # the model swapped out last, for images it drew before the swap
         self.refusal: dict[str, str] | None = None  # the production version not served, and why
         self._failed: dict[tuple, str] = {}  # a version's files, as they were when they failed verification -> why
@@ -97,7 +97,7 @@ class Production:
             return self.retired
         if self.runtime is None:
             raise NotReady(self._not_ready())
-        return {**self._description, "refused": self.refusal}
+        return self._description
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """Rows made by ``service.runtime.pack`` -> images stamped with the version that drew them. Blocking (the
@@ -152,7 +152,7 @@ class Production:
         if self.runtime is not None:
             self.retired = {**self.describe(), "retired": True}
         manifest = fresh.manifest.model_dump(mode="json")
-        self._description = {"version": fresh.version, "provider": fresh.provider, **manifest}
+        self._description = {"version": fresh.version, "provider": fresh.provider, "refused": self.refusal, **manifest}
         self.runtime = fresh  # one assignment: a batch in flight keeps the runtime it started with
         log.info("now serving %s (%s)", fresh.version, fresh.folder)
 
@@ -163,6 +163,8 @@ class Production:
             if refusal is not None:
                 self.on_refusal(refusal["tag"], True)
         self.refusal = refusal
+        if self._description.get("refused") != refusal:
+            self._description = {**self._description, "refused": refusal}
 
     def _say(self, message: str) -> None:
         """Log an error once, not at every check."""

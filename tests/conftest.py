@@ -231,6 +231,15 @@ def labelled_blobs_in_production(home: Path) -> Path:
     return home
 
 
+def corrupt(folder: Path) -> None:
+    """Flip one byte of a model folder's ONNX file, as bit rot or a truncated copy would."""
+    with open(folder / "generator.onnx", "r+b") as fh:
+        fh.seek(500)
+        byte = fh.read(1)
+        fh.seek(500)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
 def promote(home: Path, folder: Path) -> str:
     """Make a hand-written model production, by hand: it has no gate report, so it takes --force."""
     reg = Registry(home)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import BlobGenerator, Server, labelled_blobs_in_production, promote
+from conftest import BlobGenerator, Server, corrupt, labelled_blobs_in_production, promote
 from openapi_spec_validator import validate
 
 from service.manifest import ImageSpec
@@ -267,10 +267,7 @@ def promote_rotten(registry: Registry, folder: Path) -> str:
 
     def rot(step: str) -> None:
         if step == "renamed":
-            newest = max((registry.models_dir / "ganserve-generator").iterdir(), key=lambda p: p.stat().st_mtime)
-            with open(newest / "generator.onnx", "r+b") as fh:
-                fh.seek(400)
-                fh.write(b"\x00\x01\x02\x03")
+            corrupt(max((registry.models_dir / "ganserve-generator").iterdir(), key=lambda p: p.stat().st_mtime))
 
     registry._hook = rot
     try:

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, BlobGenerator
+from conftest import ROOT, BlobGenerator, corrupt
 
 from service.manifest import ImageSpec
 from training.export import export_module
@@ -147,14 +147,6 @@ def test_unknown_versions_list_the_known_ones(models, tmp_path):
 
 
 # --- nothing unverified reaches production ----------------------------------------------------------------------------
-
-
-def corrupt(folder: Path) -> None:
-    with open(folder / "generator.onnx", "r+b") as fh:  # one flipped byte, as bit rot or a truncated copy leaves
-        fh.seek(500)
-        byte = fh.read(1)
-        fh.seek(500)
-        fh.write(bytes([byte[0] ^ 0xFF]))
 
 
 def test_a_corrupt_candidate_is_refused_even_with_force(models, tmp_path):

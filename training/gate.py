@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.latents import latents_for_seeds
+from service.latents import labels_for_seeds, latents_for_seeds
 from service.manifest import MODEL_NAME, Manifest, read_manifest
 from training import metrics
 from training.artifacts import save_grid
@@ -87,7 +87,7 @@ class _Model:
         images, finite, labels = [], [], None
         seeds = list(seeds)
         if m.conditional:
-            labels = np.asarray(seeds, dtype=np.int64) % len(m.class_names)
+            labels = labels_for_seeds(seeds, len(m.class_names))
         for start in range(0, len(seeds), 500):
             feeds = {"z": latents_for_seeds(seeds[start : start + 500], m.latent_dim)}
             if labels is not None:
