@@ -36,6 +36,16 @@ def test_training_uses_only_the_service_contract_modules():
     assert not bad, f"training/ may import only {sorted(SERVICE_CONTRACTS)} from service/: {bad}"
 
 
+def test_judging_reads_data_and_networks_never_the_training_job():
+    allowed = {"training.config", "training.data", "training.networks", "training.artifacts", "training.errors"}
+    bad = [
+        (p.name, m)
+        for p, m in imports("training/judging")
+        if top(m) == "training" and not m.startswith("training.judging") and m not in allowed
+    ]
+    assert not bad, f"training/judging/ may import only {sorted(allowed)} from training/: {bad}"
+
+
 def test_service_contract_modules_import_numpy_and_stdlib_only():
     for name in SERVICE_CONTRACTS - {"service"}:
         path = ROOT / (name.replace(".", "/") + ".py")

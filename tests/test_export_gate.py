@@ -11,9 +11,9 @@ from service.latents import latents_for_seeds
 from service.manifest import ImageSpec, ManifestError, read_manifest
 from training.config import DataConfig
 from training.data import load_splits
-from training.evaluator import EvaluatorConfig, train_evaluator
 from training.export import ExportError, export_checkpoint, export_module
-from training.gate import GateConfig, GateError, evaluate, write_report
+from training.judging.evaluator import EvaluatorConfig, train_evaluator
+from training.judging.gate import GateConfig, GateError, evaluate, write_report
 from training.train import train
 
 LATENT = 800  # BlobGenerator draws its background from z[1:785]

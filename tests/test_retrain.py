@@ -10,7 +10,7 @@ import pytest
 from conftest import blob_dataset, interrupt_after, tiny_config
 
 from training.config import DataConfig
-from training.evaluator import EvaluatorConfig, train_evaluator
+from training.judging.evaluator import EvaluatorConfig, train_evaluator
 
 # Absolute thresholds a 2-epoch, 8-wide GAN can meet: these tests are about the job, not about GAN quality.
 LENIENT = ["samples=400", "guard_samples=200", "fid_rounds=3", "judge_seeds=[0]", "pixel_judge_seeds=[0]",

@@ -8,7 +8,7 @@ import onnxruntime as ort
 
 from service.latents import latents_for_seeds
 from service.manifest import read_manifest
-from training.evaluator import Evaluator
+from training.judging.evaluator import Evaluator
 
 MODELS = Path(__file__).parent.parent / "models"
 

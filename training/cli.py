@@ -78,7 +78,7 @@ def train_evaluator_cmd(
 ) -> None:
     """Train the frozen evaluator (a classifier) that the quality gate scores generators with."""
     from training.config import apply_overrides
-    from training.evaluator import EvaluatorConfig, train_evaluator
+    from training.judging.evaluator import EvaluatorConfig, train_evaluator
 
     _setup_logging()
     with _errors():
@@ -99,8 +99,8 @@ def evaluate(
 
     Exit status: 0 pass, 3 reject."""
     from training.config import apply_overrides
-    from training.gate import GateConfig, write_report
-    from training.gate import evaluate as run_gate
+    from training.judging.gate import GateConfig, write_report
+    from training.judging.gate import evaluate as run_gate
 
     _setup_logging()
     with _errors():
@@ -196,7 +196,7 @@ def retrain(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from training.config import apply_overrides, load_config
-    from training.gate import GateConfig
+    from training.judging.gate import GateConfig
     from training.retrain import retrain as run_job
 
     _setup_logging()
@@ -271,7 +271,7 @@ def _errors(code: int = 2) -> Iterator[None]:
     from training.config import ConfigError
     from training.data import DataError
     from training.export import ExportError
-    from training.gate import GateError
+    from training.judging.gate import GateError
     from training.registry import RegistryError
 
     try:

@@ -19,7 +19,7 @@ from training.artifacts import new_run_dir
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from training.config import RunConfig
 from training.export import export_checkpoint
-from training.gate import GateConfig, evaluate, write_report
+from training.judging.gate import GateConfig, evaluate, write_report
 from training.registry import Registry, model_metadata
 from training.train import planned_steps, resume, train
 

@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.latents import labels_for_seeds, latents_for_seeds
 from service.manifest import MODEL_NAME, Manifest, read_manifest
-from training import metrics
 from training.artifacts import save_grid
 from training.config import DataConfig
 from training.data import Splits, load_splits
-from training.evaluator import Evaluator
+from training.judging import metrics
+from training.judging.evaluator import Evaluator
 
 __all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
 
