@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.errors import GanserveError
 from service.latents import PROTOCOL
 
 __all__ = [
@@ -35,7 +36,7 @@ MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "generator.onnx"
 
 
-class ManifestError(ValueError):
+class ManifestError(GanserveError, ValueError):
     """A model folder whose manifest is missing, malformed, or does not match its ONNX file."""
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-SERVICE_CONTRACTS = {"service", "service.latents", "service.imaging", "service.manifest"}  # pure numpy, no I/O
+SERVICE_CONTRACTS = {
+    "service",
+    "service.errors",
+    "service.latents",
+    "service.imaging",
+    "service.manifest",
+}  # pure numpy, no I/O
 CLIENT_THIRD_PARTY = {"httpx", "pydantic", "PIL"}
 
 

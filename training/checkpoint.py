@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from service.errors import GanserveError
 from training.config import RunConfig
 from training.networks import Generator
 
@@ -37,7 +38,7 @@ KIND = "ganserve.checkpoint"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GanserveError, ValueError):
     """A file that is not a ganserve checkpoint of a schema this version reads."""
 
 

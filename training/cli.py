@@ -265,18 +265,13 @@ def _num(value) -> str:
 
 @contextmanager
 def _errors(code: int = 2) -> Iterator[None]:
-    """Turn the errors a user can fix into one line on stderr and an exit status, without a traceback."""
-    from service.manifest import ManifestError
-    from training.checkpoint import CheckpointError
-    from training.config import ConfigError
-    from training.data import DataError
-    from training.export import ExportError
-    from training.judging.gate import GateError
-    from training.registry import RegistryError
+    """Turn the errors a user can fix (``GanserveError``, the project's one base) into one line on stderr and an
+    exit status, without a traceback."""
+    from service.errors import GanserveError
 
     try:
         yield
-    except (ConfigError, DataError, CheckpointError, ExportError, GateError, RegistryError, ManifestError) as err:
+    except GanserveError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(code) from None
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.errors import GanserveError
+
 __all__ = [
     "SUPPORTED_SIZES",
     "ConfigError",
@@ -30,7 +32,7 @@ __all__ = [
 SUPPORTED_SIZES = tuple(sorted({base * 2**k for base in (4, 5, 6, 7) for k in range(2, 6)}))
 
 
-class ConfigError(ValueError):
+class ConfigError(GanserveError, ValueError):
     """A config that cannot be used; the message says which key is wrong and what is allowed."""
 
 

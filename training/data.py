@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from service.errors import GanserveError
 from training.config import DataConfig
 
 __all__ = ["FASHION_MNIST_CLASSES", "DataError", "ImageSet", "Splits", "load_splits", "read_idx"]
@@ -31,7 +32,7 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 _INSTALL_HINT = "on Debian, install Fashion-MNIST with: apt-get install -y dataset-fashion-mnist"
 
 
-class DataError(ValueError):
+class DataError(GanserveError, ValueError):
     """The data cannot be used as configured; the message names the file or folder and what was expected."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.errors import GanserveError
 from service.latents import latents_for_seeds
 from service.manifest import MODEL_NAME, ImageSpec, Manifest, TrainingInfo, file_sha256, write_manifest
 from training.checkpoint import load_checkpoint
@@ -35,7 +36,7 @@ PARITY_BATCHES = (1, 3, 16, 64)
 OPSET = 20
 
 
-class ExportError(RuntimeError):
+class ExportError(GanserveError, RuntimeError):
     """The exported graph does not reproduce PyTorch, or cannot be written."""
 
 

@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from service.errors import GanserveError
 from service.manifest import Manifest, ManifestError, read_manifest
 
 __all__ = [
@@ -52,7 +53,7 @@ MODEL_FILES = ("generator.onnx", "manifest.json", "report.json", "report.md", "g
 KEEP_RETIRED = 5
 
 
-class RegistryError(RuntimeError):
+class RegistryError(GanserveError, RuntimeError):
     """A registry operation that cannot be done as asked; the message says why."""
 
 

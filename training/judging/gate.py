@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.errors import GanserveError
 from service.latents import labels_for_seeds, latents_for_seeds
 from service.manifest import MODEL_NAME, Manifest, read_manifest
 from training.artifacts import save_grid
@@ -39,7 +40,7 @@ log = logging.getLogger("ganserve.gate")
 REPORT_SCHEMA = 1
 
 
-class GateError(RuntimeError):
+class GateError(GanserveError, RuntimeError):
     """The gate cannot judge: wrong evaluator, missing data, or a model folder that is not a model."""
 
 
