@@ -43,13 +43,14 @@ def blobs(n: int, size: int, classes: int, seed: int) -> tuple[np.ndarray, np.nd
     return images, labels
 
 
-def blob_dataset(root: Path, *, train: int, test: int) -> Path:
-    """Write an MNIST-format folder of ``blobs``: 28x28, 4 classes, seeded."""
+def blob_dataset(root: Path, *, train: int, test: int, labelled: bool = True) -> Path:
+    """Write an MNIST-format folder of ``blobs``: 28x28, 4 classes (no label files when not ``labelled``), seeded."""
     root.mkdir(parents=True)
     for prefix, n, seed in (("train", train, 0), ("t10k", test, 1)):
         images, labels = blobs(n, 28, 4, seed)
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        if labelled:
+            write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
 
 
@@ -149,6 +150,25 @@ class Black(torch.nn.Module):
         return z[:, :1, None, None].expand(-1, 1, 28, 28) * 0 - 1
 
 
+class Blurred(BlobGenerator):
+    """The blob generator with its images blurred (Gaussian, sigma in pixels)."""
+
+    def __init__(self, sigma: float = 1.5) -> None:
+        super().__init__()
+        taps = torch.exp(-(torch.arange(-4, 5).float() ** 2) / (2 * sigma**2))
+        self.register_buffer("kernel", (taps[:, None] * taps[None, :] / taps.sum() ** 2)[None, None])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(super().forward(z), self.kernel, padding=4)
+
+
+class Noise(torch.nn.Module):
+    """A generator that learned nothing: uniform noise drawn from z."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (0.5 * (1 + torch.erf(z[:, :784] / 2**0.5))).reshape(-1, 1, 28, 28) * 2 - 1
+
+
 class LabelledBlobs(BlobGenerator):
     """The blob generator made class-conditional: the caller's label picks the square."""
 
@@ -245,3 +265,9 @@ def promote(home: Path, folder: Path) -> str:
     reg = Registry(home)
     entry = reg.add_candidate(folder, metadata={"decision": "not judged"})
     return reg.promote(entry.version, force=True).tag
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """A private data cache folder, so tests never read or fill the user's ~/.cache/ganserve/data."""
+    return tmp_path / "cache"

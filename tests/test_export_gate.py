@@ -29,7 +29,7 @@ def world(tmp_path_factory):
     data = blob_dataset(root / "data", train=2000, test=1000)
     data_cfg = DataConfig(kind="idx", path=data)
     evaluator = root / "evaluator"
-    cfg = EvaluatorConfig(data=data_cfg, epochs=3, batch_size=64, width=8, feature_dim=16, flip=False)
+    cfg = EvaluatorConfig(data=data_cfg, max_steps=90, min_steps=90, batch_size=64, width=8, feature_dim=16, flip=False)
     manifest = train_evaluator(cfg, evaluator, progress=False)
     production = root / "production"
     export_module(BlobGenerator(), production, latent_dim=LATENT, image=IMAGE)
@@ -139,12 +139,14 @@ def test_rejects_a_generator_that_replays_training_images(world, tmp_path):
 
 
 def test_rejects_a_worse_generator_when_production_is_better(world, tmp_path):
-    export_module(BlobGenerator(square=200, noise=70), tmp_path / "weak", latent_dim=LATENT, image=IMAGE)
+    # a quarter of the images come out as classes 0-2 instead of 3: plausible images, a skewed class mix
+    export_module(BlobGenerator(allowed=(0, 0, 1, 1, 2, 2, 3)), tmp_path / "weak", latent_dim=LATENT, image=IMAGE)
     alone = judge(world, tmp_path / "weak")
     assert alone["decision"] == "pass", alone["reasons"]  # it passes the absolute checks on its own...
     report = judge(world, tmp_path / "weak", production=world["production"])
     assert report["decision"] == "reject"  # ...but not against a better production
-    assert {"fid", "feature_judge_accuracy"} <= failed(report)  # the primary statistics; the pixel judge is coarse
+    assert "fid" in failed(report)  # beyond its interval; the judges see a class mix only weakly (TV 0.11)
+    assert report["figures"]["difference"]["fid"]["ci95"][0] > 0
 
 
 def test_gate_refuses_an_evaluator_of_another_shape(world, tmp_path):

@@ -23,7 +23,8 @@ LENIENT = ["samples=400", "guard_samples=200", "fid_rounds=3", "judge_seeds=[0]"
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
     data = blob_dataset(root / "data", train=512, test=512)
-    cfg = EvaluatorConfig(data=DataConfig(kind="idx", path=data), epochs=1, width=4, feature_dim=16, flip=False)
+    cfg = EvaluatorConfig(data=DataConfig(kind="idx", path=data), max_steps=60, batch_size=64, width=4, feature_dim=16,
+                          flip=False)  # fmt: skip
     train_evaluator(cfg, root / "evaluator", progress=False)
     (root / "job.yaml").write_text(tiny_config(data, model__conditional=True).model_dump_json())
     return root

@@ -73,18 +73,26 @@ def export(
 @app.command("train-evaluator")
 def train_evaluator_cmd(
     out: Path = typer.Option(Path("models/evaluator"), "--out", "-o", help="folder for evaluator.onnx and manifest"),
-    overrides: list[str] = typer.Option([], "--set", "-s", help="e.g. --set epochs=3 --set data.kind=idx"),
+    config: Path = typer.Option(None, "--config", "-c", help="take the data from this run config"),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="e.g. --set max_steps=1000 --set data.kind=idx"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train the frozen evaluator (a classifier) that the quality gate scores generators with."""
-    from training.config import apply_overrides
+    """Train the frozen evaluator the quality gate scores generators with, and self-test it.
+
+    Labelled data gets a classifier, unlabelled data self-supervised (contrastive) features; training stops on a
+    plateau within a step budget. An evaluator that fails its self-test is not saved (exit 2)."""
+    from training.config import apply_overrides, load_config
     from training.judging.evaluator import EvaluatorConfig, train_evaluator
 
     _setup_logging()
     with _errors():
-        cfg = _validated(EvaluatorConfig, apply_overrides({}, overrides))
+        raw = {"data": load_config(config).data.model_dump(mode="json")} if config is not None else {}
+        cfg = _validated(EvaluatorConfig, apply_overrides(raw, overrides))
         manifest = train_evaluator(cfg, out, progress=progress)
-    typer.echo(f"{out} test accuracy {manifest.test_accuracy:.4f} sha256 {manifest.sha256}")
+    accuracy = "" if manifest.test_accuracy is None else f" test accuracy {manifest.test_accuracy:.4f}"
+    typer.echo(
+        f"{out} {manifest.method} after {manifest.steps} steps,{accuracy} self-test passed; sha256 {manifest.sha256}"
+    )
 
 
 @app.command()
@@ -93,12 +101,13 @@ def evaluate(
     against: str = typer.Option("production", "--against", help="'production', 'none', or a model folder"),
     evaluator: Path = typer.Option(Path("models/evaluator"), "--evaluator"),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="the run, to score the GAN's own D (diagnostic)"),
+    config: Path = typer.Option(None, "--config", "-c", help="a run config naming the data (default: the model's)"),
     overrides: list[str] = typer.Option([], "--set", "-s", help="gate settings, e.g. --set samples=2000"),
 ) -> None:
     """Run the quality gate on MODEL and write report.json, report.md and grid.png beside it.
 
-    Exit status: 0 pass, 3 reject."""
-    from training.config import apply_overrides
+    Exit status: 0 pass, 3 reject, 2 cannot judge (the message says why)."""
+    from training.config import apply_overrides, load_config
     from training.judging.gate import GateConfig, write_report
     from training.judging.gate import evaluate as run_gate
 
@@ -106,7 +115,8 @@ def evaluate(
     with _errors():
         production = _resolve_against(against)
         cfg = _validated(GateConfig, apply_overrides({}, overrides))
-        report = run_gate(model, evaluator=evaluator, production=production, checkpoint=checkpoint, cfg=cfg)
+        data = load_config(config).data if config is not None else None
+        report = run_gate(model, evaluator=evaluator, production=production, data=data, checkpoint=checkpoint, cfg=cfg)
         write_report(model, report)
     _verdict(report["decision"], report["reasons"], model / "report.md")
     raise typer.Exit(0 if report["decision"] == "pass" else 3)
@@ -185,7 +195,12 @@ def rollback() -> None:
 def retrain(
     config: Path = typer.Option(Path("configs/default.yaml"), "--config", "-c"),
     overrides: list[str] = typer.Option([], "--set", "-s"),
-    evaluator: Path = typer.Option(Path("models/evaluator"), "--evaluator"),
+    evaluator: Path = typer.Option(
+        None,
+        "--evaluator",
+        help="default: the one trained on this data (shipped, or under RUNS_DIR/evaluators; "
+        "trained first if there is none)",
+    ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     gate_overrides: list[str] = typer.Option([], "--gate", help="gate settings, e.g. --gate samples=2000"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),

@@ -19,6 +19,7 @@ from training.artifacts import new_run_dir
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from training.config import RunConfig
 from training.export import export_checkpoint
+from training.judging.evaluator import evaluator_for
 from training.judging.gate import GateConfig, evaluate, write_report
 from training.registry import Registry, model_metadata
 from training.train import planned_steps, resume, train
@@ -43,7 +44,7 @@ class RetrainResult:
 def retrain(
     cfg: RunConfig,
     *,
-    evaluator: Path,
+    evaluator: Path | None = None,
     runs_dir: Path = Path("runs"),
     registry: Registry | None = None,
     gate: GateConfig | None = None,
@@ -66,6 +67,8 @@ def retrain(
         state_path.write_text(json.dumps({"run_dir": str(run_dir), "config_sha256": config_sha}) + "\n")
         train(cfg, run_dir=run_dir, progress=progress)
 
+    if evaluator is None:  # the one trained on this data, kept under runs_dir/evaluators by the data's key
+        evaluator = evaluator_for(cfg.data, store=runs_dir / "evaluators", progress=progress)
     model_dir = run_dir / "export"
     if not (model_dir / "manifest.json").exists():
         export_checkpoint(run_dir, model_dir)

@@ -1,16 +1,31 @@
-"""The frozen evaluator: a small classifier whose predictions and penultimate features the quality gate uses.
+"""The frozen evaluator: a small network whose features (and, for labelled data, class predictions) the gate uses.
 
-It is trained once on the dataset's training split (``ganserve train-evaluator``), exported to ONNX and shipped in
-``models/evaluator/`` with its manifest, so every report can name the exact evaluator by sha256: a retrained
-evaluator moves FID by about a point (../shared/design/quality-gate.md), so it must not change silently.
-The ONNX graph takes uint8 NHWC images, the generator's own output layout, and returns ``logits`` and ``features``.
+Two ways to train it, picked by the data (``method="auto"``):
+
+- ``classifier``: labelled data. A two-block CNN trained on the classes; the gate also uses its predictions for
+  class coverage and label accuracy.
+- ``contrastive``: data without labels. The same body trained self-supervised with SimCLR's objective (Chen et al.
+  2020): two random views of each image (crop, flip, colour jitter) must find each other among the batch. Nothing
+  pretrained can be downloaded here, so the features are learned on the user's own training split. The views leave
+  blur and noise out on purpose: features invariant to them could not see a blurry or noisy generator.
+
+Training length adapts to the data: a step budget (``max_steps``) with a plateau rule (stop when the validation
+figure has not improved by ``min_delta`` in ``patience`` checks), not a fixed number of epochs. After training the
+evaluator must pass its self-test (``training.judging.selftest``) on held-out real images; the result is recorded in
+its manifest, and the gate runs the test again before it trusts the evaluator.
+
+Exported to ONNX and shipped with its manifest, so every report names the exact evaluator by sha256: a retrained
+evaluator moves FID (../shared/design/quality-gate.md), so it must not change silently. The graph takes uint8 NHWC
+images, the generator's own output layout, and returns ``features`` (and ``logits`` for a classifier).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
+import math
 import shutil
 import tempfile
 import warnings
@@ -21,169 +36,403 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
+from service.errors import GanserveError
 from service.manifest import file_sha256
 from training.config import DataConfig
-from training.data import load_splits
+from training.data import Splits, load_splits
 
-__all__ = ["Evaluator", "EvaluatorConfig", "EvaluatorManifest", "train_evaluator"]
+__all__ = [
+    "Evaluator",
+    "EvaluatorConfig",
+    "EvaluatorError",
+    "EvaluatorManifest",
+    "data_key",
+    "evaluator_for",
+    "train_evaluator",
+]
 
 log = logging.getLogger("ganserve.evaluator")
 ONNX_NAME = "evaluator.onnx"
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "evaluator"  # Fashion-MNIST's, frozen in the repo
+MAX_INPUT = 32  # larger images are average-pooled to at most this side first: 4x cheaper per 2x, same verdicts
+
+
+class EvaluatorError(GanserveError):
+    """No usable evaluator: missing, altered, of another data, or one that failed its self-test."""
 
 
 class EvaluatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: DataConfig = DataConfig()
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=2)
+    method: Literal["auto", "classifier", "contrastive"] = Field(
+        "auto", description="auto: a classifier for labelled data, contrastive (SimCLR) features otherwise"
+    )
+    max_steps: int = Field(3000, ge=1, description="step budget; the plateau rule usually stops sooner")
+    min_steps: int = Field(300, ge=0, description="no plateau stop before this many steps")
+    check_every: int = Field(100, ge=1, description="steps between validation checks")
+    patience: int = Field(3, ge=1, description="checks without improvement before stopping")
+    min_delta: float = Field(0.005, ge=0, description="improvement that counts: accuracy points, or relative loss")
+    batch_size: int = Field(128, ge=4)
     lr: float = Field(1e-3, gt=0)
     width: int = Field(32, ge=4, description="channels of the first conv block; the second has twice as many")
     feature_dim: int = Field(128, ge=8)
+    temperature: float = Field(0.2, gt=0, description="contrastive: softmax temperature of the NT-Xent loss")
     flip: bool = Field(True, description="augment with horizontal flips (garments and most photos are symmetric)")
+    selftest: bool = Field(True, description="run the self-test after training and refuse to save a failing one")
     seed: int = 0
 
 
 class EvaluatorManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     kind: Literal["ganserve.evaluator"] = "ganserve.evaluator"
     file: str = ONNX_NAME
     sha256: str
+    method: Literal["classifier", "contrastive"]
     image_size: int
     channels: int
     class_names: list[str]
     feature_dim: int
-    test_accuracy: float
+    test_accuracy: float | None = Field(None, description="classifier only: accuracy on the held-out split")
+    steps: int
+    data_key: str = Field(description="sha256 of the data it was trained on, as training.judging.evaluator.data_key")
+    selftest: dict | None = None
     config: EvaluatorConfig
     dataset: dict
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 
-class _Classifier(nn.Module):
-    def __init__(self, cfg: EvaluatorConfig, channels: int, classes: int) -> None:
+def data_key(splits: Splits, data: DataConfig) -> str:
+    """What an evaluator is keyed by: the content of both splits at the size and channels it sees."""
+    text = f"{splits.train.sha256}:{splits.heldout.sha256}:{data.image_size}:{data.channels}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the network ------------------------------------------------------------------------------------------------------
+
+
+class _Body(nn.Module):
+    """uint8-range images in [-1, 1] -> features. Two conv blocks, as in the design note's evaluator (89.8 % in 3
+    epochs); deeper stacks cost 4x the time on 2 CPU cores for a point of accuracy."""
+
+    def __init__(self, cfg: EvaluatorConfig, channels: int, image_size: int) -> None:
         super().__init__()
         w = cfg.width
+        self.pool = max(1, image_size // MAX_INPUT)
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-        # Two conv blocks, as in the design note's evaluator (89.8 % in 3 epochs); BatchNorm, flips and a one-cycle
-        # schedule lift it past 90 %. Deeper stacks cost 4x the time on 2 CPU cores for a point of accuracy.
-        self.body = nn.Sequential(
+        self.net = nn.Sequential(
             *block(channels, w), nn.MaxPool2d(2),
             *block(w, 2 * w), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(7), nn.Flatten(),
             nn.Linear(2 * w * 49, cfg.feature_dim), nn.ReLU(inplace=True),
         )  # fmt: skip
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(cfg.feature_dim, classes))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(images)
-        return self.head(features), features
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            images = F.avg_pool2d(images, self.pool)
+        return self.net(images)
 
 
 class _Served(nn.Module):
-    """uint8 NHWC in, (logits, features) out: the generator's output feeds straight in."""
+    """uint8 NHWC in, (features[, logits]) out: the generator's output feeds straight in."""
 
-    def __init__(self, net: _Classifier) -> None:
+    def __init__(self, body: _Body, head: nn.Module | None) -> None:
         super().__init__()
-        self.net = net
+        self.body, self.head = body, head
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
-        return self.net(x)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.body(images.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0)
+        return (features,) if self.head is None else (features, self.head(features))
+
+
+# --- the runtime --------------------------------------------------------------------------------------------------
 
 
 class Evaluator:
-    """The frozen evaluator, run by onnxruntime; inputs are uint8 NHWC images."""
+    """The frozen evaluator, run by onnxruntime; inputs are uint8 N x H x W x C images."""
 
     def __init__(self, folder: Path) -> None:
         import onnxruntime as ort
 
         self.folder = Path(folder)
-        if not (self.folder / "manifest.json").is_file():
-            raise FileNotFoundError(f"no evaluator in {folder}; make one with: ganserve train-evaluator --out {folder}")
-        self.manifest = EvaluatorManifest.model_validate_json((self.folder / "manifest.json").read_text())
+        manifest_path = self.folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise EvaluatorError(f"no evaluator in {folder}; make one with: ganserve train-evaluator --out {folder}")
+        try:
+            self.manifest = EvaluatorManifest.model_validate_json(manifest_path.read_text())
+        except ValidationError as err:
+            raise EvaluatorError(f"{manifest_path} is not an evaluator manifest of schema 2: {_first(err)}") from None
         path = self.folder / self.manifest.file
-        if file_sha256(path) != self.manifest.sha256:
-            raise ValueError(f"{path} does not match the sha256 in its manifest")
+        if not path.is_file() or file_sha256(path) != self.manifest.sha256:
+            raise EvaluatorError(f"{path} is missing or does not match the sha256 in its manifest")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
-        """Return (logits, features) for uint8 N x H x W x C images."""
-        logits, features = [], []
-        for start in range(0, len(images), batch):
-            out = self.session.run(["logits", "features"], {"images": images[start : start + batch]})
-            logits.append(out[0])
-            features.append(out[1])
-        return np.concatenate(logits), np.concatenate(features)
+    @property
+    def labelled(self) -> bool:
+        return self.manifest.method == "classifier"
+
+    def __call__(self, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray | None, np.ndarray]:
+        """Return (logits or None, features) for uint8 N x H x W x C images."""
+        parts = [self.session.run(None, {"images": images[i : i + batch]}) for i in range(0, len(images), batch)]
+        named = {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.outputs)}
+        return named.get("logits"), named["features"]
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self(images)[1]
+
+
+def _first(err: ValidationError) -> str:
+    e = err.errors()[0]
+    return f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+
+
+# --- training -----------------------------------------------------------------------------------------------------
 
 
 def train_evaluator(cfg: EvaluatorConfig, out_dir: Path, *, progress: bool = True) -> EvaluatorManifest:
-    """Train the classifier on the training split, test it on the held-out split, export it to ``out_dir``."""
+    """Train the evaluator on the training split, self-test it on the held-out split, export it to ``out_dir``."""
+    from training.judging.selftest import run_selftest
+
     splits = load_splits(cfg.data)
-    if splits.train.labels is None:
-        raise ValueError(f"the evaluator needs labelled data; {cfg.data.path} has no labels")
+    labelled = splits.train.labels is not None and len(splits.train.class_names) >= 2
+    method = cfg.method if cfg.method != "auto" else ("classifier" if labelled else "contrastive")
+    if method == "classifier" and not labelled:
+        raise EvaluatorError(
+            f"method 'classifier' needs labelled data with 2+ classes; {cfg.data.path} has none: "
+            "use method=contrastive (or auto)"
+        )
     torch.manual_seed(cfg.seed)
-    classes = len(splits.train.class_names)
-    net = _Classifier(cfg, cfg.data.channels, classes)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    images, labels = splits.train.images, splits.train.labels
-    steps = len(images) // cfg.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(total=cfg.epochs * steps, desc="evaluator", unit="step", disable=not progress)
-    for _ in range(cfg.epochs):
-        net.train()
-        order = torch.randperm(len(images), generator=gen)
-        for i in range(steps):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = images[idx].float() / 127.5 - 1.0
-            if cfg.flip and torch.rand((), generator=gen) < 0.5:
-                x = x.flip(-1)
-            loss = F.cross_entropy(net(x)[0], labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    net.eval()
-    served = _Served(net).eval()
-    with torch.no_grad():
-        nhwc = splits.heldout.images.permute(0, 2, 3, 1).contiguous()
-        predictions = torch.cat([served(nhwc[i : i + 1000])[0].argmax(1) for i in range(0, len(nhwc), 1000)])
-    accuracy = (predictions == splits.heldout.labels).float().mean().item()
-    log.info("evaluator held-out accuracy %.4f", accuracy)
+    body = _Body(cfg, cfg.data.channels, cfg.data.image_size)
+    trainer = (_ClassifierTrainer if method == "classifier" else _ContrastiveTrainer)(cfg, body, splits)
+    steps = trainer.fit(progress)
+    served = _Served(body, getattr(trainer, "head", None)).eval()
+    heldout = splits.heldout.images.permute(0, 2, 3, 1).contiguous()
+    accuracy = trainer.heldout_accuracy(served, heldout) if method == "classifier" else None
+    if accuracy is not None:
+        log.info("evaluator held-out accuracy %.4f after %d steps", accuracy, steps)
 
     staging = Path(tempfile.mkdtemp(prefix=".evaluator-"))
     try:
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # the exporter warns and prints at length about what does not apply here
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(
-                served, (nhwc[:2],), staging / ONNX_NAME, dynamo=True, input_names=["images"],
-                output_names=["logits", "features"], dynamic_shapes=({0: batch},), external_data=False,
-            )  # fmt: skip
+        _export(served, heldout[:2], staging / ONNX_NAME, labelled=method == "classifier")
         manifest = EvaluatorManifest(
-            sha256=file_sha256(staging / ONNX_NAME), image_size=cfg.data.image_size, channels=cfg.data.channels,
-            class_names=list(splits.train.class_names), feature_dim=cfg.feature_dim, test_accuracy=round(accuracy, 4),
-            config=cfg, dataset=splits.describe(),
+            sha256=file_sha256(staging / ONNX_NAME), method=method, image_size=cfg.data.image_size,
+            channels=cfg.data.channels, class_names=list(splits.train.class_names) if method == "classifier" else [],
+            feature_dim=cfg.feature_dim, test_accuracy=None if accuracy is None else round(accuracy, 4), steps=steps,
+            data_key=data_key(splits, cfg.data), config=cfg, dataset=splits.describe(),
         )  # fmt: skip
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+        if cfg.selftest:
+            result = run_selftest(Evaluator(staging), splits, seed=cfg.seed)
+            manifest.selftest = result
+            (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+            if not result["passed"]:
+                raise EvaluatorError(
+                    f"the evaluator failed its self-test after {steps} steps ({'; '.join(result['failures'])}); "
+                    "train longer (--set max_steps=..., min_steps=...) or wider (--set width=...)"
+                )
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in (ONNX_NAME, "manifest.json"):
             shutil.move(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _export(served: _Served, example: torch.Tensor, path: Path, *, labelled: bool) -> None:
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter warns and prints at length about what does not apply here
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        torch.onnx.export(
+            served, (example,), path, dynamo=True, input_names=["images"],
+            output_names=["features", "logits"] if labelled else ["features"], dynamic_shapes=({0: batch},),
+            external_data=False,
+        )  # fmt: skip
+
+
+class _Trainer:
+    """The step loop both methods share: Adam, a short warm-up, a step budget and a plateau rule."""
+
+    higher_is_better = True
+
+    def __init__(self, cfg: EvaluatorConfig, body: _Body, splits: Splits) -> None:
+        self.cfg, self.body = cfg, body
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        images = splits.train.images
+        n_val = min(2000, max(len(images) // 10, 1))  # validation for the plateau rule, apart from the held-out split
+        order = torch.randperm(len(images), generator=self.gen)
+        self.train_idx, self.val_idx = order[n_val:], order[:n_val]
+        self.images, self.labels = images, splits.train.labels
+        if len(self.train_idx) < cfg.batch_size:
+            raise EvaluatorError(
+                f"{len(self.train_idx)} training images are fewer than one batch of {cfg.batch_size}; lower batch_size"
+            )
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.body.parameters())
+
+    def fit(self, progress: bool) -> int:
+        cfg = self.cfg
+        opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+        warmup = max(1, min(100, cfg.max_steps // 10))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        best, stale, step = None, 0, 0
+        bar = tqdm(total=cfg.max_steps, desc=f"evaluator ({type(self).__name__[1:-7].lower()})", unit="step",
+                   disable=not progress)  # fmt: skip
+        order, cursor = self._order(), 0
+        while step < cfg.max_steps:
+            if cursor + cfg.batch_size > len(order):
+                order, cursor = self._order(), 0
+            idx = order[cursor : cursor + cfg.batch_size]
+            cursor += cfg.batch_size
+            self.body.train()
+            loss = self.loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.check_every == 0 or step == cfg.max_steps:
+                value = self.validate()
+                improved = best is None or (
+                    value > best + cfg.min_delta if self.higher_is_better else value < best * (1 - cfg.min_delta)
+                )
+                best, stale = (value, 0) if improved else (best, stale + 1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{value:.4f}", refresh=False)
+                if step >= cfg.min_steps and stale >= cfg.patience:
+                    log.info("evaluator: validation plateaued at %.4f; stopping after %d steps", best, step)
+                    break
+        bar.close()
+        self.body.eval()
+        return step
+
+    def _order(self) -> torch.Tensor:
+        return self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.images[idx].float() / 127.5 - 1.0
+        if self.cfg.flip and torch.rand((), generator=self.gen) < 0.5:
+            x = x.flip(-1)
+        return x
+
+
+class _ClassifierTrainer(_Trainer):
+    """Cross-entropy on the classes; the plateau rule watches validation accuracy."""
+
+    def __init__(self, cfg: EvaluatorConfig, body: _Body, splits: Splits) -> None:
+        super().__init__(cfg, body, splits)
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(cfg.feature_dim, len(splits.train.class_names)))
+        self.heldout_labels = splits.heldout.labels
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [*self.body.parameters(), *self.head.parameters()]
+
+    def loss(self, idx: torch.Tensor) -> torch.Tensor:
+        self.head.train()
+        return F.cross_entropy(self.head(self.body(self._batch(idx))), self.labels[idx])
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.body.eval()
+        self.head.eval()
+        x = self.images[self.val_idx].float() / 127.5 - 1.0
+        return (self.head(self.body(x)).argmax(1) == self.labels[self.val_idx]).float().mean().item()
+
+    @torch.no_grad()
+    def heldout_accuracy(self, served: _Served, heldout: torch.Tensor) -> float:
+        logits = torch.cat([served(heldout[i : i + 1000])[1] for i in range(0, len(heldout), 1000)])
+        return (logits.argmax(1) == self.heldout_labels).float().mean().item()
+
+
+class _ContrastiveTrainer(_Trainer):
+    """SimCLR: the NT-Xent loss between two views of each image; the plateau rule watches the loss on a fixed
+    validation set with fixed views."""
+
+    higher_is_better = False
+
+    def __init__(self, cfg: EvaluatorConfig, body: _Body, splits: Splits) -> None:
+        super().__init__(cfg, body, splits)
+        # The projection head is trained and thrown away: features before it keep more of the image (SimCLR).
+        self.head_proj = nn.Sequential(
+            nn.Linear(cfg.feature_dim, cfg.feature_dim), nn.ReLU(inplace=True), nn.Linear(cfg.feature_dim, 64)
+        )
+        val_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        val = self.images[self.val_idx[:512]].float() / 127.5 - 1.0
+        self.val_views = (views(val, val_gen, flip=cfg.flip), views(val, val_gen, flip=cfg.flip))
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [*self.body.parameters(), *self.head_proj.parameters()]
+
+    def loss(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.images[idx].float() / 127.5 - 1.0
+        a, b = views(x, self.gen, flip=self.cfg.flip), views(x, self.gen, flip=self.cfg.flip)
+        return nt_xent(self.head_proj(self.body(a)), self.head_proj(self.body(b)), self.cfg.temperature)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.body.eval()
+        a, b = self.val_views
+        return nt_xent(self.head_proj(self.body(a)), self.head_proj(self.body(b)), self.cfg.temperature).item()
+
+
+def views(x: torch.Tensor, gen: torch.Generator, *, flip: bool) -> torch.Tensor:
+    """A random view of each image in [-1, 1]: crop to 70-100 % of the side and resize back, flip, jitter brightness
+    and contrast (and saturation for RGB). Batched, one affine grid for the whole batch."""
+    n, c = x.shape[:2]
+    u = torch.rand(n, 6, generator=gen)
+    side = 0.7 + 0.3 * u[:, 0]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = side * (torch.where(u[:, 1] < 0.5, -1.0, 1.0) if flip else 1.0)
+    theta[:, 1, 1] = side
+    theta[:, 0, 2] = (2 * u[:, 2] - 1) * (1 - side)
+    theta[:, 1, 2] = (2 * u[:, 3] - 1) * (1 - side)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    v = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    mean = v.mean((1, 2, 3), keepdim=True)
+    v = (v - mean) * (0.6 + 0.8 * u[:, 4]).view(n, 1, 1, 1) + mean + (0.4 * u[:, 5] - 0.2).view(n, 1, 1, 1)
+    if c == 3:
+        gray = v.mean(1, keepdim=True)
+        v = (v - gray) * (0.5 + torch.rand(n, 1, 1, 1, generator=gen)) + gray
+    return v.clamp(-1, 1)
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each view's positive is the other view of its image, the rest of the batch are negatives."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    sim = z @ z.T / temperature
+    n = len(a)
+    sim.fill_diagonal_(-math.inf)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def evaluator_for(
+    data: DataConfig, *, store: Path, template: EvaluatorConfig | None = None, progress: bool = True
+) -> Path:
+    """The evaluator for ``data``: the shipped one or one in ``store`` whose data key matches, else a new one trained
+    now into ``store/<key>`` (the user never has to pick one; ``--evaluator`` still can)."""
+    splits = load_splits(data)
+    key = data_key(splits, data)
+    folder = Path(store) / key[:16]
+    for candidate in (SHIPPED, folder):
+        try:
+            if EvaluatorManifest.model_validate_json((candidate / "manifest.json").read_text()).data_key == key:
+                return candidate
+        except (OSError, ValidationError):
+            continue
+    log.info("no evaluator for this data yet (key %s): training one into %s", key[:16], folder)
+    cfg = (template or EvaluatorConfig()).model_copy(update={"data": data})
+    train_evaluator(cfg, folder, progress=progress)
+    return folder

@@ -3,13 +3,20 @@
 Protocol (../shared/design/quality-gate.md): both models draw the same image seeds, are scored by the same frozen
 evaluator against the same held-out real images the GAN never trained on, in one run.
 
+0. The instrument: the evaluator must be the one trained on this data, and pass its self-test again here
+   (``selftest.py``); there must be at least ``min_heldout`` held-out images. Otherwise the gate cannot judge and
+   says so (GateError), rather than pass.
 1. Hard guards (absolute): finite output, not near-black or constant, no near-duplicate samples, ONNX parity.
-2. Coverage (absolute): class entropy and smallest class share; for a conditional model, label accuracy.
+2. Coverage (absolute), without labels: k-means clusters of the real held-out features (k from the data size),
+   NDB's per-cluster proportion tests, the share of clusters the generator drops, density and coverage; with a
+   classifier evaluator also class entropy, smallest class share and, for a conditional model, label accuracy.
 3. Memorization (absolute): samples are not closer to the training set than held-out real images are.
-4. Fidelity (relative): classifier-feature FID, not worse than production by more than a margin.
-5. Discriminator checks (relative): a feature-space judge (the primary statistic) and fresh pixel-space judges,
-   whose accuracy may not exceed production's by more than a margin; they also give JSD lower bounds.
-The GAN's own discriminator, when its checkpoint is at hand, is scored as a diagnostic only.
+4. Fidelity (relative): feature FID, rejected only when a paired bootstrap interval of (candidate - production)
+   lies above a small tolerance: worse beyond the noise this data size allows.
+5. Discriminator checks: a feature-space judge (the primary statistic) and fresh pixel-space judges; relative to
+   production with margin plus interval, and an absolute ceiling on the feature judge. They also give JSD bounds.
+The GAN's own discriminator, when its checkpoint is at hand, is scored as a diagnostic only. The report's ``power``
+section states the held-out size and the smallest differences this run could have detected.
 With no production model the absolute checks alone decide. Every threshold lives in ``GateConfig``.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,12 +40,15 @@ from training.artifacts import save_grid
 from training.config import DataConfig
 from training.data import Splits, load_splits
 from training.judging import metrics
-from training.judging.evaluator import Evaluator
+from training.judging.evaluator import Evaluator, data_key
+from training.judging.selftest import run_selftest
 
 __all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
 
 log = logging.getLogger("ganserve.gate")
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2
+Z_95 = 1.96
+Z_POWER = 2.8  # 1.96 + 0.84: a difference this many sd away is detected 80 % of the time at 5 %
 
 
 class GateError(GanserveError, RuntimeError):
@@ -64,8 +75,15 @@ class GateConfig(BaseModel):
     min_class_share: float = 0.05
     min_label_accuracy: float = 0.6
     min_memorization_ratio: float = 0.9
-    # margins against production (non-inferiority: ties and noise-level differences pass)
-    fid_margin: float = Field(0.05, description="relative: candidate FID <= production FID x (1 + margin)")
+    max_dropped_share: float = Field(0.1, description="share of real clusters the generator (nearly) never visits")
+    min_coverage: float = Field(0.5, description="share of real samples with a generated one in their k-NN ball")
+    max_feature_judge_accuracy: float = Field(0.95, description="absolute: above this, generated images are obvious")
+    # the instrument
+    min_heldout: int = Field(200, ge=20, description="fewer held-out images than this: the gate cannot judge")
+    selftest: bool = Field(True, description="re-run the evaluator's self-test and refuse to judge if it fails")
+    interval_rounds: int = Field(100, ge=10, description="bootstrap rounds of the paired FID interval")
+    # tolerances against production (non-inferiority: ties and noise-level differences pass)
+    fid_margin: float = Field(0.02, description="relative: reject when FID(c) - FID(p) > margin x FID(p) beyond noise")
     feature_judge_margin: float = 0.01
     pixel_judge_margin: float = 0.03
 
@@ -81,6 +99,24 @@ class _Model:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.folder / MODEL_NAME), options, providers=["CPUExecutionProvider"])
+        self._check_contract()
+
+    def _check_contract(self) -> None:
+        """The generator contract: z float32[N, latent] (+ labels int64[N]) in, images uint8[N,H,W,C] and finite out."""
+        m = self.manifest
+        inputs = {i.name: (i.type, i.shape) for i in self.session.get_inputs()}
+        outputs = {o.name: (o.type, o.shape) for o in self.session.get_outputs()}
+        want_in = {"z": "tensor(float)", **({"labels": "tensor(int64)"} if m.conditional else {})}
+        want_out = {"images": "tensor(uint8)", "finite": "tensor(bool)"}
+        problems = [f"input {k} must be {t}" for k, t in want_in.items() if inputs.get(k, (None,))[0] != t]
+        problems += [f"output {k} must be {t}" for k, t in want_out.items() if outputs.get(k, (None,))[0] != t]
+        if not problems and inputs["z"][1][-1] not in (m.latent_dim, None) and isinstance(inputs["z"][1][-1], int):
+            problems.append(f"input z has {inputs['z'][1][-1]} columns, the manifest says latent_dim {m.latent_dim}")
+        if problems:
+            raise GateError(
+                f"{self.folder / MODEL_NAME} is not a ganserve generator ({'; '.join(problems)}); it has inputs "
+                f"{sorted(inputs)} and outputs {sorted(outputs)}: export models with ganserve export"
+            )
 
     def sample(self, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(uint8 images, finite flags, requested labels) for the seeds; a conditional model cycles the classes."""
@@ -111,29 +147,40 @@ def evaluate(
     """Judge ``candidate`` (and ``production`` when given) and return the report; nothing is written."""
     cfg = cfg or GateConfig()
     started = time.perf_counter()
-    if not (Path(evaluator) / "manifest.json").is_file():
-        raise GateError(f"no evaluator in {evaluator}; make one with: ganserve train-evaluator --out {evaluator}")
-    judge = Evaluator(evaluator)
+    try:
+        judge = Evaluator(evaluator)
+    except GanserveError as err:
+        raise GateError(str(err)) from None
     cand = _Model(candidate)
     prod = _Model(production) if production is not None else None
     data = data or _data_config(cand.manifest)
     splits = load_splits(data)
     _check_compatible(cand.manifest, judge, splits, data)
+    selftest = _check_instrument(judge, splits, cfg)
     heldout = splits.heldout.images.permute(0, 2, 3, 1).contiguous().numpy()
     train = splits.train.images.permute(0, 2, 3, 1).contiguous().numpy()
-    _, real_features = judge(heldout)
+    real_features = judge.features(heldout)
+    k = metrics.cluster_count(len(heldout))
     rng = np.random.default_rng(cfg.seed)
     real_guard = heldout[rng.choice(len(heldout), min(cfg.guard_samples, len(heldout)), replace=False)]
     real_nn = float(np.median(metrics.nearest_neighbour_distances(real_guard, train)))
-    context = {"real_features": real_features, "train": train, "real_nn": real_nn, "heldout": heldout}
+    context = {"real_features": real_features, "train": train, "real_nn": real_nn, "heldout": heldout, "k": k}
 
     figures = {"candidate": _figures(cand, judge, context, cfg)}
     if prod is not None:
         figures["production"] = _figures(prod, judge, context, cfg)
+        figures["difference"] = {
+            "fid": metrics.fid_paired_difference(
+                real_features, figures["candidate"].pop("_features"), figures["production"].pop("_features"),
+                rounds=cfg.interval_rounds, seed=cfg.seed,
+            )
+        }  # fmt: skip
+    for side in ("candidate", "production"):
+        figures.get(side, {}).pop("_features", None)
     if checkpoint is not None:
         figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, splits, cand, cfg)
 
-    checks = _checks(figures["candidate"], figures.get("production"), cand.manifest, cfg)
+    checks = _checks(figures, cand.manifest, judge.labelled, cfg)
     failed = [c for c in checks if not c["passed"]]
     report = {
         "schema_version": REPORT_SCHEMA,
@@ -143,13 +190,19 @@ def evaluate(
         "mode": "against production" if prod is not None else "absolute checks only (no production model)",
         "candidate": {"folder": str(candidate), "sha256": cand.manifest.sha256, **_run_of(cand.manifest)},
         "production": None if prod is None else {"folder": str(production), "sha256": prod.manifest.sha256},
-        "evaluator": {"sha256": judge.manifest.sha256, "test_accuracy": judge.manifest.test_accuracy},
+        "evaluator": {
+            "sha256": judge.manifest.sha256,
+            "method": judge.manifest.method,
+            "test_accuracy": judge.manifest.test_accuracy,
+            "selftest": selftest,
+        },
         "data": {
             "path": str(data.path),
             "heldout_sha256": splits.heldout.sha256,
             "heldout_images": len(splits.heldout),
             "train_sha256": splits.train.sha256,
         },
+        "power": _power(figures, len(heldout), cfg),
         "checks": checks,
         "figures": figures,
         "config": cfg.model_dump(),
@@ -173,12 +226,37 @@ def _check_compatible(manifest: Manifest, judge: Evaluator, splits: Splits, data
             f"the evaluator takes {em.image_size}x{em.image_size}x{em.channels} images; "
             f"the generator makes {manifest.image.height}x{manifest.image.width}x{manifest.image.channels}"
         )
-    if list(splits.train.class_names) != em.class_names:
+    if em.data_key != data_key(splits, data):
+        raise GateError(
+            f"the evaluator in {judge.folder} was trained on other data than {data.path} at this size; "
+            "train one for it with: ganserve train-evaluator --config <your run config> (retrain does it by itself)"
+        )
+    if judge.labelled and list(splits.train.class_names) != em.class_names:
         raise GateError(f"the evaluator knows classes {em.class_names}; the data at {data.path} has others")
     if manifest.training is not None:
         recorded = manifest.training.dataset.get("heldout", {}).get("sha256")
         if recorded and recorded != splits.heldout.sha256:
             raise GateError("the held-out images differ from those recorded at training: the judge would be unfair")
+
+
+def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict | None:
+    """Refuse to judge with too few held-out images or an evaluator that cannot see known damage."""
+    if len(splits.heldout) < cfg.min_heldout:
+        raise GateError(
+            f"cannot judge: {len(splits.heldout)} held-out images, at least {cfg.min_heldout} are needed for the "
+            "gate's intervals to mean anything; add images or raise data.holdout_fraction"
+        )
+    if not cfg.selftest:
+        return None
+    result = run_selftest(judge, splits, seed=judge.manifest.config.seed)
+    if not result["passed"]:
+        raise GateError(
+            f"cannot judge: the evaluator {judge.manifest.sha256[:12]} fails its self-test on this data "
+            f"({'; '.join(result['failures'])}); train a stronger one: ganserve train-evaluator --set max_steps=..."
+        )
+    return {k: v for k, v in result.items() if k != "tests"} | {
+        "tests": {name: t["passed"] for name, t in result["tests"].items()}
+    }
 
 
 def _run_of(manifest: Manifest) -> dict:
@@ -192,10 +270,13 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dic
     guard = images[: cfg.guard_samples]
     nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx["train"])))
     real_features = ctx["real_features"]
+    coverage = {} if logits is None else metrics.class_coverage(logits, requested)
     return {
         "finite_share": float(finite.mean()),
         **metrics.pixel_guards(guard, black_level=cfg.min_mean_level),
-        **metrics.class_coverage(logits, requested),
+        **coverage,
+        "clusters": metrics.ndb(real_features, features, k=ctx["k"], seed=cfg.seed),
+        **metrics.density_coverage(real_features[: cfg.samples], features[: len(real_features)]),
         **metrics.fid_bootstrap(real_features, features, rounds=cfg.fid_rounds, seed=cfg.seed),
         "kid": metrics.kid(real_features, features, seed=cfg.seed),
         **metrics.precision_recall(real_features[: cfg.guard_samples], features[: cfg.guard_samples]),
@@ -207,6 +288,22 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dic
             ctx["heldout"], images, seeds=cfg.pixel_judge_seeds, epochs=cfg.pixel_judge_epochs
         ),
         "parity_levels": model.manifest.parity_levels,
+        "_features": features,
+    }
+
+
+def _power(figures: dict, heldout: int, cfg: GateConfig) -> dict:
+    """The smallest differences this run could have detected (80 % power at 5 %), from its own spreads."""
+    c = figures["candidate"]
+    fid_sd = figures["difference"]["fid"]["sd"] if "difference" in figures else c["fid_sd"]
+    judge_se = c["feature_judge"]["binomial_se"]
+    return {
+        "heldout_images": heldout,
+        "samples": cfg.samples,
+        "fid_detectable": round(Z_POWER * fid_sd, 4),
+        "feature_judge_detectable": round(Z_POWER * math.sqrt(2) * judge_se, 4),
+        "cluster_share_detectable": round(c["clusters"]["min_detectable_share"], 4),
+        "note": "differences smaller than these are within this data's noise: the gate cannot tell them apart",
     }
 
 
@@ -237,7 +334,8 @@ def _own_discriminator(checkpoint: Path, splits: Splits, model: _Model, cfg: Gat
     }
 
 
-def _checks(c: dict, p: dict | None, manifest: Manifest, cfg: GateConfig) -> list[dict]:
+def _checks(figures: dict, manifest: Manifest, labelled: bool, cfg: GateConfig) -> list[dict]:
+    c, p = figures["candidate"], figures.get("production")
     checks = []
 
     def check(name: str, value: float, op: str, limit: float, why: str) -> None:
@@ -251,22 +349,30 @@ def _checks(c: dict, p: dict | None, manifest: Manifest, cfg: GateConfig) -> lis
     check("pixel_std", c["pixel_std"], ">=", cfg.min_pixel_std, "near-constant output: G ignores z")
     check("duplicate_share", c["duplicate_share"], "<=", cfg.max_duplicate_share, "near-identical samples")
     check("parity_levels", c["parity_levels"], "<=", cfg.max_parity_levels, "ONNX differs from PyTorch")
-    check("class_entropy", c["class_entropy"], ">=", cfg.min_class_entropy, "classes are missing (mode collapse)")
-    check("min_class_share", c["min_class_share"], ">=", cfg.min_class_share, "a class is nearly dropped")
-    if manifest.conditional:
-        check("label_accuracy", c["label_accuracy"], ">=", cfg.min_label_accuracy, "images ignore the label")
+    check("dropped_share", c["clusters"]["dropped_share"], "<=", cfg.max_dropped_share,
+          "whole clusters of the real data are missing (mode dropping)")  # fmt: skip
+    check("coverage", c["coverage"], ">=", cfg.min_coverage, "much of the real data has no generated neighbour")
+    if labelled:
+        check("class_entropy", c["class_entropy"], ">=", cfg.min_class_entropy, "classes are missing (mode collapse)")
+        check("min_class_share", c["min_class_share"], ">=", cfg.min_class_share, "a class is nearly dropped")
+        if manifest.conditional:
+            check("label_accuracy", c["label_accuracy"], ">=", cfg.min_label_accuracy, "images ignore the label")
     check("memorization_ratio", c["memorization_ratio"], ">=", cfg.min_memorization_ratio, "replays training images")
+    check("feature_judge_ceiling", c["feature_judge"]["accuracy"], "<=", cfg.max_feature_judge_accuracy,
+          "the feature judge tells generated from real almost always")  # fmt: skip
     if p is not None:
-        check("fid", c["fid"], "<=", p["fid"] * (1 + cfg.fid_margin), "worse FID than production")
-        check(
-            "feature_judge_accuracy",
-            c["feature_judge"]["accuracy"],
-            "<=",
-            p["feature_judge"]["accuracy"] + cfg.feature_judge_margin,
-            "the feature judge prefers production",
-        )
-        check("pixel_judge_accuracy", c["pixel_judge"]["accuracy"], "<=",
-              p["pixel_judge"]["accuracy"] + cfg.pixel_judge_margin, "the pixel judge prefers production")  # fmt: skip
+        # worse beyond the noise: the interval of the paired difference lies above the tolerance
+        diff = figures["difference"]["fid"]
+        check("fid", diff["ci95"][0], "<=", cfg.fid_margin * p["fid"],
+              f"FID worse than production's {p['fid']:.4g} by {diff['difference']:.4g}, "
+              f"interval {diff['ci95'][0]:.3g}..{diff['ci95'][1]:.3g}")  # fmt: skip
+        for name, key, margin, who in (
+            ("feature_judge_accuracy", "feature_judge", cfg.feature_judge_margin, "the feature judge"),
+            ("pixel_judge_accuracy", "pixel_judge", cfg.pixel_judge_margin, "the pixel judge"),
+        ):
+            cj, pj = c[key], p[key]
+            noise = Z_95 * math.sqrt(2) * max(cj["binomial_se"], cj["accuracy_sd"], pj["accuracy_sd"])
+            check(name, cj["accuracy"], "<=", pj["accuracy"] + margin + noise, f"{who} prefers production")
     return checks
 
 
@@ -290,8 +396,10 @@ def _markdown(r: dict) -> str:
         f"- mode: {r['mode']}",
         f"- candidate: `{r['candidate']['sha256'][:16]}` {r['candidate'].get('run_id', '')}",
         f"- production: `{r['production']['sha256'][:16]}`" if r["production"] else "- production: none",
-        f"- evaluator: `{r['evaluator']['sha256'][:16]}` (test accuracy {r['evaluator']['test_accuracy']:.4f})",
+        f"- evaluator: `{r['evaluator']['sha256'][:16]}` ({_evaluator_line(r['evaluator'])})",
         f"- held-out images: {r['data']['heldout_images']} (sha256 `{r['data']['heldout_sha256'][:16]}`)",
+        f"- smallest differences this run could detect: FID {r['power']['fid_detectable']:.3g}, feature judge "
+        f"{r['power']['feature_judge_detectable']:.3f}, cluster share {r['power']['cluster_share_detectable']:.3f}",
         f"- {r['seeds']['count']} samples per model from seed {r['seeds']['first']}; {r['seconds']} s",
         "",
         "## Checks",
@@ -306,8 +414,9 @@ def _markdown(r: dict) -> str:
     lines += ["", "## Figures", "", "| figure | candidate | production |", "|---|---|---|"]
     cand, prod = r["figures"]["candidate"], r["figures"].get("production", {})
     rows = [
-        ("FID (classifier features)", "fid"), ("FID sd (half subsets)", "fid_sd"), ("KID", "kid"),
-        ("precision", "precision"), ("recall", "recall"), ("class entropy", "class_entropy"),
+        ("FID (evaluator features)", "fid"), ("FID sd (half subsets)", "fid_sd"), ("KID", "kid"),
+        ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
+        ("class entropy", "class_entropy"),
         ("smallest class share", "min_class_share"), ("label accuracy", "label_accuracy"),
         ("memorization ratio", "memorization_ratio"), ("mean level", "mean_level"),
     ]  # fmt: skip
@@ -318,6 +427,10 @@ def _markdown(r: dict) -> str:
                 if key in prod
                 else f"| {title} | {cand[key]:.4g} | |"
             )
+    for title, key in (("NDB (different clusters)", "ndb"), ("dropped clusters share", "dropped_share")):
+        row = [f"{m['clusters'][key]:.4g} of {m['clusters']['ndb_k']}" if key == "ndb" else f"{m['clusters'][key]:.4g}"
+               for m in (cand, prod) if "clusters" in m]  # fmt: skip
+        lines.append(f"| {title} | {' | '.join(row)} |")
     for title, key in (("feature judge", "feature_judge"), ("pixel judge", "pixel_judge")):
         row = [_judge_cell(m[key]) for m in (cand, prod) if key in m]
         lines.append(f"| {title} accuracy | {' | '.join(row)} |")
@@ -326,6 +439,13 @@ def _markdown(r: dict) -> str:
         lines.append(f"| GAN's own D accuracy (diagnostic) | {own['accuracy']:.4f} | |")
     lines += ["", "## Decision", ""] + [f"- {reason}" for reason in r["reasons"]] + ["", "![samples](grid.png)", ""]
     return "\n".join(lines)
+
+
+def _evaluator_line(e: dict) -> str:
+    test = e.get("selftest")
+    selftest = "self-test not run" if test is None else f"self-test passed in {test['seconds']} s"
+    accuracy = f", test accuracy {e['test_accuracy']:.4f}" if e.get("test_accuracy") is not None else ""
+    return f"{e['method']}{accuracy}, {selftest}"
 
 
 def _judge_cell(j: dict) -> str:

@@ -16,11 +16,17 @@ import torch.nn.functional as F
 
 __all__ = [
     "class_coverage",
+    "cluster_count",
+    "density_coverage",
     "fid",
     "fid_bootstrap",
+    "fid_paired_difference",
     "jsd_lower_bound",
     "kid",
+    "kmeans",
     "logistic_judge",
+    "ndb",
+    "nearest_centre",
     "nearest_neighbour_distances",
     "pixel_guards",
     "pixel_judge",
@@ -250,3 +256,96 @@ def _judge_summary(accs: list[float], bounds: list[float], seeds: list[int], n: 
         "per_seed_accuracy": accs,
         "seeds": list(seeds),
     }
+
+
+# --- label-free coverage ------------------------------------------------------------------------------------------
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int, iters: int = 30) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding; returns the k centres. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    data = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    centres = data[[int(rng.integers(len(data)))]]
+    for _ in range(1, k):  # k-means++: each new centre far from the chosen ones, with probability ~ distance^2
+        d2 = torch.cdist(data, centres).min(1).values.double() ** 2
+        p = (d2 / d2.sum()).numpy() if float(d2.sum()) > 0 else None
+        centres = torch.cat([centres, data[[int(rng.choice(len(data), p=p))]]])
+    for _ in range(iters):
+        assign = torch.cdist(data, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, data)
+        counts = torch.bincount(assign, minlength=k).float()
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
+        if torch.allclose(moved, centres):
+            break
+        centres = moved
+    return centres.numpy()
+
+
+def nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return (
+        torch.cdist(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(centres)).argmin(1).numpy()
+    )
+
+
+def cluster_count(heldout: int) -> int:
+    """k from the data size: about 50 real images a cluster (so a share can be tested), between 4 and 50."""
+    return int(min(50, max(4, heldout // 50)))
+
+
+def ndb(real: np.ndarray, fake: np.ndarray, *, k: int, seed: int, z: float = 1.96) -> dict:
+    """Number of statistically different bins (Richardson & Weiss 2018): k-means bins fitted on real features, each
+    generated sample assigned to its nearest bin, a two-proportion z-test per bin.
+
+    ``dropped_share``: bins holding real mass that the generator (nearly) never visits: under a quarter of the real
+    share and significantly below it, which is what dropping whole modes looks like. ``min_detectable_share``: the
+    smallest share difference a bin of average size could show at this ``z`` with these sample sizes."""
+    centres = kmeans(real, k, seed=seed)
+    n_r, n_f = len(real), len(fake)
+    p_r = np.bincount(nearest_centre(real, centres), minlength=k) / n_r
+    p_f = np.bincount(nearest_centre(fake, centres), minlength=k) / n_f
+    pooled = (p_r * n_r + p_f * n_f) / (n_r + n_f)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_r + 1 / n_f))
+    scores = np.divide(p_f - p_r, se, out=np.zeros(k), where=se > 0)
+    different = np.abs(scores) > z
+    dropped = (scores < -z) & (p_f < p_r / 4)
+    mean_share = 1 / k
+    return {
+        "ndb_k": k,
+        "ndb": int(different.sum()),
+        "ndb_share": float(different.mean()),
+        "dropped_share": float(dropped.mean()),
+        "empty_share": float(((p_f == 0) & (p_r > 0)).mean()),
+        "min_detectable_share": float(z * math.sqrt(mean_share * (1 - mean_share) * (1 / n_r + 1 / n_f))),
+        "real_shares": [round(float(v), 4) for v in p_r],
+        "fake_shares": [round(float(v), 4) for v in p_f],
+    }
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, *, k: int = 5) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020) on k-NN balls around real samples.
+
+    Density: how many real balls a generated sample falls in, averaged and divided by k (about 1 for p_g = p_data,
+    lower for samples off the data, higher for samples crowding dense regions). Coverage: share of real samples
+    whose ball holds at least one generated sample: about 1 - 2^-k (0.97 for k = 5) for an equal distribution and as
+    many generated samples as real ones, lower when modes are missed."""
+    radii = np.partition(_pairwise(real, real), k, axis=1)[:, k]  # column 0 is the point itself
+    inside = _pairwise(fake, real) <= radii[None, :]
+    return {"density": float(inside.sum() / (k * len(fake))), "coverage": float(inside.any(0).mean())}
+
+
+# --- intervals ----------------------------------------------------------------------------------------------------
+
+
+def fid_paired_difference(
+    real: np.ndarray, cand: np.ndarray, prod: np.ndarray, *, rounds: int, seed: int
+) -> dict[str, float]:
+    """FID(candidate) - FID(production), with a bootstrap interval that resamples the real images and the image
+    seeds, the same seeds for both models (they drew from the same seeds, so the pair shares its noise)."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(rounds):
+        r = rng.integers(0, len(real), len(real))
+        s = rng.integers(0, len(cand), len(cand))
+        diffs.append(fid(real[r], cand[s]) - fid(real[r], prod[s]))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"difference": fid(real, cand) - fid(real, prod), "ci95": [float(lo), float(hi)], "sd": float(np.std(diffs))}
