@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+EMOJI_FONT ?= /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 # torch first, pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
@@ -28,7 +29,8 @@ $(STAMP): pyproject.toml client/pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist package; install it when missing and possible.
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package, the emoji (data.kind=emoji) from
+# fonts-noto-color-emoji; install them when missing and possible.
 data:
 	@if [ ! -f "$(FASHION_MNIST)/train-images-idx3-ubyte.gz" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -40,6 +42,18 @@ data:
 	if [ ! -f "$(FASHION_MNIST)/train-images-idx3-ubyte.gz" ]; then \
 	  echo "error: Fashion-MNIST is not in $(FASHION_MNIST) and could not be installed here." >&2; \
 	  echo "       Install it as root with: apt-get install -y dataset-fashion-mnist" >&2; \
+	  exit 1; \
+	fi; \
+	if [ ! -f "$(EMOJI_FONT)" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "Noto Color Emoji is missing: installing fonts-noto-color-emoji with apt-get"; \
+	    apt-get install -y -q fonts-noto-color-emoji >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q fonts-noto-color-emoji >/dev/null; } || true; \
+	  fi; \
+	fi; \
+	if [ ! -f "$(EMOJI_FONT)" ]; then \
+	  echo "error: Noto Color Emoji is not at $(EMOJI_FONT) and could not be installed here." >&2; \
+	  echo "       Install it as root with: apt-get install -y fonts-noto-color-emoji" >&2; \
 	  exit 1; \
 	fi
 

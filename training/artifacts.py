@@ -56,7 +56,8 @@ def save_grid(images: np.ndarray, path: Path, *, cols: int | None = None) -> Non
 
 
 def plot_losses(stats_path: Path, out_path: Path, *, probability: bool) -> None:
-    """Plot the losses and D's mean outputs on real and fake images against the G step.
+    """Plot the losses and D's mean outputs on real and fake images against the G step, and, for runs that log
+    them, ADA's overfitting heuristic r_t = E[sign(D(real))] and the augmentation probability p.
 
     With ``probability`` D's outputs are probabilities, and the plot marks the equilibrium 1/2 the theory predicts.
     """
@@ -70,7 +71,9 @@ def plot_losses(stats_path: Path, out_path: Path, *, probability: bool) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    third = "r_t" in rows[0]  # stats written before r_t was logged get two panels
+    fig, axes = plt.subplots(1, 3 if third else 2, figsize=(16.5 if third else 11, 4))
+    ax_loss, ax_d = axes[:2]
     ax_loss.plot(steps, [r["loss_d"] for r in rows], label="D loss")
     ax_loss.plot(steps, [r["loss_g"] for r in rows], label="G loss")
     ax_loss.set(xlabel="G step", title="losses")
@@ -79,7 +82,13 @@ def plot_losses(stats_path: Path, out_path: Path, *, probability: bool) -> None:
     if probability:
         ax_d.axhline(0.5, color="grey", lw=0.8, ls="--", label="equilibrium 1/2")
     ax_d.set(xlabel="G step", title="mean D output")
-    for ax in (ax_loss, ax_d):
+    if third:
+        ax_aug = axes[2]
+        ax_aug.plot(steps, [r["r_t"] for r in rows], label="r_t = E[sign D(real)]")
+        if "aug_p" in rows[-1]:
+            ax_aug.plot(steps, [r.get("aug_p", 0.0) for r in rows], label="augmentation p")
+        ax_aug.set(xlabel="G step", title="overfitting heuristic and augmentation", ylim=(-1.05, 1.05))
+    for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -10,6 +10,8 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
     G, D, G_ema                 state dicts (G_ema is None when EMA is off)
     opt_G, opt_D                optimiser states
     rng                         torch's global state and each process's noise-generator state
+    augment                     augmentation's probability p and each process's ADA sums since p last moved
+                                (absent in checkpoints written before augmentation existed)
 """
 
 from __future__ import annotations

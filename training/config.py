@@ -16,6 +16,7 @@ from service.errors import GanserveError
 
 __all__ = [
     "SUPPORTED_SIZES",
+    "AugmentConfig",
     "ConfigError",
     "DataConfig",
     "EMAConfig",
@@ -40,16 +41,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")
+EMOJI_FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")  # Debian's fonts-noto-color-emoji
+
+
 class DataConfig(_Strict):
     """Where the images come from and the shape the networks work at."""
 
-    kind: Literal["fashion-mnist", "idx", "folder"] = "fashion-mnist"
-    path: Path = Path("/usr/share/datasets/fashion-mnist")
+    kind: Literal["fashion-mnist", "idx", "folder", "emoji"] = "fashion-mnist"
+    path: Path = Field(FASHION_MNIST_PATH, description="a folder; for kind emoji the font file (Noto's by default)")
     image_size: int = 28
     channels: Literal[1, 3] = 1
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out when the data has no test split")
     split_seed: int = Field(0, ge=0, description="fixes the held-out split, independent of the training seed")
     limit: int | None = Field(None, ge=1, description="train on the first N training images only")
+    on_bad: Literal["refuse", "skip"] = Field("refuse", description="unreadable image files: refuse, or skip them")
+    cache_dir: Path | None = Field(
+        None, description="decoded folders and fonts are cached here; default $XDG_CACHE_HOME/ganserve/data"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_per_kind(cls, data: Any) -> Any:
+        """The emoji kind reads a font, not a folder: without a path it gets Noto's, written into config.json."""
+        if isinstance(data, dict) and data.get("kind") == "emoji" and data.get("path") is None:
+            return {**data, "path": EMOJI_FONT_PATH}
+        return data
 
     @model_validator(mode="after")
     def _size_is_producible(self) -> DataConfig:
@@ -100,6 +117,51 @@ class EMAConfig(_Strict):
     decay: float = Field(0.999, ge=0.0, lt=1.0)
 
 
+_AugmentWord = Literal["color", "translation", "cutout"]
+_AUGMENT_ORDER = ("color", "translation", "cutout")  # DiffAugment's order of application
+
+
+class AugmentConfig(_Strict):
+    """Differentiable augmentation of everything D sees (DiffAugment), with a fixed or adaptive (ADA) probability.
+
+    Off by default, so configs written before it existed (and their checkpoints) train as they did.
+    """
+
+    mode: Literal["none", "fixed", "ada"] = Field(
+        "none", description="none; fixed: probability p throughout; ada: p steered by r_t = E[sign(D(real))]"
+    )
+    policy: list[_AugmentWord] = Field(
+        list(_AUGMENT_ORDER), description="transformations, as a list or 'color,translation,cutout'"
+    )
+    p: float | None = Field(
+        None, ge=0.0, le=1.0, description="fixed: the probability (default 1, DiffAugment); ada: the start (default 0)"
+    )
+    target: float = Field(0.6, gt=-1.0, lt=1.0, description="ada: the r_t that p is steered towards (ADA: 0.6)")
+    interval: int = Field(4, ge=1, description="ada: G steps between adjustments of p")
+    # ADA lets p cross 0..1 in 500k images; a 2-core run sees a few hundred thousand in all, so 100k lets p reach
+    # what the data needs within the first part of a run rather than never.
+    speed_images: int = Field(100_000, ge=1, description="ada: real images over which p can move by 1")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_policy(cls, raw: Any) -> Any:
+        """Accept DiffAugment's spelling, a comma-separated string (handy with --set augment.policy=color,cutout)."""
+        if isinstance(raw, dict) and isinstance(raw.get("policy"), str):
+            raw = {**raw, "policy": [w.strip() for w in raw["policy"].split(",") if w.strip()]}
+        return raw
+
+    @model_validator(mode="after")
+    def _resolve(self) -> AugmentConfig:
+        if not self.policy:
+            raise ValueError("augment.policy is empty; use augment.mode none to turn augmentation off")
+        if len(set(self.policy)) != len(self.policy):
+            raise ValueError(f"augment.policy names a transformation twice: {self.policy}")
+        self.policy = [w for w in _AUGMENT_ORDER if w in self.policy]  # one order, whatever the spelling
+        if self.p is None:
+            self.p = 1.0 if self.mode == "fixed" else 0.0
+        return self
+
+
 class RunConfig(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
@@ -117,6 +179,7 @@ class RunConfig(_Strict):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     ema: EMAConfig = EMAConfig()
+    augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
     def _resolve(self) -> RunConfig:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from service.imaging import to_uint8
 from service.latents import latents_for_seeds
 from training.artifacts import StatsLog, new_run_dir, plot_losses, save_grid
+from training.augment import ada_step, augment
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig
 from training.data import Splits, load_splits
@@ -126,11 +127,18 @@ class _Trainer:
         # Noise (latents, GP mixing) comes from one generator per process, saved in the checkpoint.
         self.noise = torch.Generator(proc.device).manual_seed(cfg.seed * 1000 + proc.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
+        # Augmentation's probability, and ADA's sums since its last adjustment: (sum of sign(D(real)), real images),
+        # per process and on the device, so a step adds no sync; they are all-reduced when p is adjusted.
+        self.aug_p = cfg.augment.p if cfg.augment.mode != "none" else 0.0
+        self.ada_pending = torch.zeros(2, device=proc.device)
         if state is not None:
             self._restore(state)
         self.G_train, self.D_train = self._wrap(self.G), self._wrap(self.D)
 
-        self.images = self.splits.train.images.to(proc.device)
+        # The images stay where load_splits put them (in memory, or a memory-mapped cache: a batch then reads only its
+        # rows); on a GPU a set under 1 GiB is copied there once, a larger one is moved a batch at a time.
+        images = self.splits.train.images
+        self.images = images.to(proc.device) if images.nbytes < 2**30 else images
         self.labels = None if self.splits.train.labels is None else self.splits.train.labels.to(proc.device)
         use_amp = cfg.amp and proc.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
@@ -190,6 +198,9 @@ class _Trainer:
             raise ConfigError(f"the run was checkpointed with {len(noise_states)} process(es); resume it with as many")
         self.noise.set_state(noise_states[self.proc.rank])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        if (aug := state.get("augment")) is not None:  # absent in checkpoints from before augmentation
+            self.aug_p = aug["p"]
+            self.ada_pending = aug["pending"][self.proc.rank].to(self.proc.device)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -210,12 +221,13 @@ class _Trainer:
                 epoch_window.add(figures)
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
-                    record = window.flush(self.step, self.epoch + 1, self._reduce)
+                    record = window.flush(self.step, self.epoch + 1, self._reduce) | self._aug_figures()
                     if stats is not None:
                         stats.write(record)
                         bar.set_postfix(_postfix(record), refresh=False)
                 if self.batch + cfg.loss.d_steps > self.batches_per_epoch:  # the epoch is done
                     record = epoch_window.flush(self.step, self.epoch + 1, self._reduce, kind="epoch")
+                    record |= self._aug_figures()
                     self.epoch, self.batch = self.epoch + 1, 0
                     if stats is not None:
                         stats.write(record)
@@ -248,12 +260,14 @@ class _Trainer:
         start = self.batch * self.cfg.batch_size + self.proc.rank * self.local_batch
         idx = order[start : start + self.local_batch]
         self.batch += 1
-        images = self.images[idx].float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1], as G's tanh
+        images = self.images[idx.to(self.images.device)].to(self.proc.device)  # a no-op when the set is there
+        images = images.float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1], as G's tanh
         images = images.contiguous(memory_format=self.memory_format)
         return images, None if self.labels is None else self.labels[idx]
 
     def _train_step(self, order: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, loss = self.cfg, self.loss
+        signs = torch.zeros((), device=self.proc.device)  # sum of sign(D(real)) over this step's D steps
         for k in range(cfg.loss.d_steps):
             # A conditional G draws fakes for the real batch's labels: fakes then follow the data's class mix,
             # and the gradient penalty interpolates between images of one class.
@@ -262,13 +276,16 @@ class _Trainer:
             last = k == cfg.loss.d_steps - 1
             with self.autocast, torch.set_grad_enabled(last):  # the last fake batch also trains G: keep its graph
                 fake = self.G_train(z, labels)
+            # D only ever sees augmented images, real and fake alike (a no-op when augmentation is off).
+            real_seen, fake_seen = self._augment(real), self._augment(fake.detach())
             with self.autocast:
-                d_real = self.D_train(real, labels)
-                d_fake = self.D_train(fake.detach(), labels)
+                d_real = self.D_train(real_seen, labels)
+                d_fake = self.D_train(fake_seen, labels)
                 loss_d = loss.d_loss(d_real.float(), d_fake.float())
                 if cfg.loss.name == "wgan-gp":
-                    penalty = gradient_penalty(self.D_train, labels, real, fake.detach(), self.noise)
+                    penalty = gradient_penalty(self.D_train, labels, real_seen, fake_seen, self.noise)
                     loss_d = loss_d + cfg.loss.gp_weight * penalty
+            signs += torch.sign(d_real.detach().float()).sum()
             self.opt_D.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_D.step()
@@ -277,13 +294,19 @@ class _Trainer:
                     for p in self.D.parameters():
                         p.clamp_(-cfg.loss.clip, cfg.loss.clip)
 
+        fake_seen = self._augment(fake)  # fresh draws; G's gradient flows back through the augmentation
         with self.autocast:
-            loss_g = loss.g_loss(self.D_train(fake, labels).float())
+            loss_g = loss.g_loss(self.D_train(fake_seen, labels).float())
         self.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_G.step()
         self.step += 1
         self._update_ema()
+        reals = float(len(real) * cfg.loss.d_steps)
+        if cfg.augment.mode == "ada":
+            self.ada_pending += torch.stack([signs, torch.tensor(reals, device=signs.device)])
+            if self.step % cfg.augment.interval == 0:
+                self._adjust_p()
 
         squash = torch.sigmoid if loss.probabilistic else (lambda t: t)
         return {
@@ -291,8 +314,31 @@ class _Trainer:
             "loss_g": loss_g.detach(),
             "d_real": squash(d_real.detach().float()).mean(),
             "d_fake": squash(d_fake.detach().float()).mean(),
+            "r_t": signs / reals,  # ADA's overfitting heuristic E[sign(D(real))]: near 1 when D is sure of the reals
             "images": torch.tensor(float(cfg.batch_size * cfg.loss.d_steps)),
         }
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        aug = self.cfg.augment
+        if aug.mode == "none":
+            return images
+        # gather and where return NCHW; D's convolutions are faster in the layout the run chose (channels_last)
+        return augment(images, aug.policy, self.aug_p, self.noise).contiguous(memory_format=self.memory_format)
+
+    def _adjust_p(self) -> None:
+        """ADA: move p by the sign of r_t - target, r_t over all processes' real images since the last adjustment,
+        so every process computes the same p."""
+        pending = self.ada_pending.clone()
+        if self.proc.world > 1:
+            dist.all_reduce(pending)
+        signs, images = pending.tolist()
+        aug = self.cfg.augment
+        r_t = signs / images
+        self.aug_p = ada_step(self.aug_p, r_t, target=aug.target, images=images, speed_images=aug.speed_images)
+        self.ada_pending.zero_()
+
+    def _aug_figures(self) -> dict[str, float]:
+        return {} if self.cfg.augment.mode == "none" else {"aug_p": round(self.aug_p, 6)}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -331,10 +377,11 @@ class _Trainer:
         return values
 
     def _checkpoint(self) -> None:
-        noise = [self.noise.get_state()]
+        noise, pending = [self.noise.get_state()], [self.ada_pending.cpu()]
         if self.proc.world > 1:
-            noise = [None] * self.proc.world
+            noise, pending = [None] * self.proc.world, [None] * self.proc.world
             dist.all_gather_object(noise, self.noise.get_state())
+            dist.all_gather_object(pending, self.ada_pending.cpu())
         self.saved_step = self.step
         if not self.proc.main:
             return
@@ -352,6 +399,7 @@ class _Trainer:
                 "opt_G": self.opt_G.state_dict(),
                 "opt_D": self.opt_D.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "noise": [s.cpu() for s in noise]},
+                "augment": {"p": self.aug_p, "pending": pending},
             },
         )
 
@@ -405,6 +453,7 @@ def _postfix(record: dict) -> dict[str, str]:
         "D(x)": f"{record['d_real']:.3f}",
         "D(G(z))": f"{record['d_fake']:.3f}",
         "img/s": f"{record['images_per_sec']:.0f}",
+        **({"p": f"{record['aug_p']:.2f}"} if "aug_p" in record else {}),
     }
 
 
