@@ -164,19 +164,19 @@ def evaluate(
     rng = np.random.default_rng(cfg.seed)
     real_guard = heldout[rng.choice(len(heldout), min(cfg.guard_samples, len(heldout)), replace=False)]
     real_nn = float(np.median(metrics.nearest_neighbour_distances(real_guard, train)))
-    context = {"real_features": real_features, "train": train, "real_nn": real_nn, "heldout": heldout, "k": k}
+    centres = metrics.kmeans(real_features, k, seed=cfg.seed)  # one set of clusters for both models
+    context = {"real_features": real_features, "train": train, "real_nn": real_nn, "heldout": heldout,
+               "centres": centres}  # fmt: skip
 
-    figures = {"candidate": _figures(cand, judge, context, cfg)}
+    figures = {}
+    figures["candidate"], cand_features = _figures(cand, judge, context, cfg)
     if prod is not None:
-        figures["production"] = _figures(prod, judge, context, cfg)
+        figures["production"], prod_features = _figures(prod, judge, context, cfg)
         figures["difference"] = {
             "fid": metrics.fid_paired_difference(
-                real_features, figures["candidate"].pop("_features"), figures["production"].pop("_features"),
-                rounds=cfg.interval_rounds, seed=cfg.seed,
+                real_features, cand_features, prod_features, rounds=cfg.interval_rounds, seed=cfg.seed
             )
-        }  # fmt: skip
-    for side in ("candidate", "production"):
-        figures.get(side, {}).pop("_features", None)
+        }
     if checkpoint is not None:
         figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, splits, cand, cfg)
 
@@ -264,18 +264,19 @@ def _run_of(manifest: Manifest) -> dict:
     return {} if t is None else {"run_id": t.run_id, "step": t.step}
 
 
-def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dict[str, Any]:
+def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """The model's figures, and its samples' features (for the paired interval against production)."""
     images, finite, requested = model.sample(range(cfg.seed, cfg.seed + cfg.samples))
     logits, features = judge(images)
     guard = images[: cfg.guard_samples]
     nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx["train"])))
     real_features = ctx["real_features"]
     coverage = {} if logits is None else metrics.class_coverage(logits, requested)
-    return {
+    figures = {
         "finite_share": float(finite.mean()),
         **metrics.pixel_guards(guard, black_level=cfg.min_mean_level),
         **coverage,
-        "clusters": metrics.ndb(real_features, features, k=ctx["k"], seed=cfg.seed),
+        "clusters": metrics.ndb(real_features, features, centres=ctx["centres"]),
         **metrics.density_coverage(real_features[: cfg.samples], features[: len(real_features)]),
         **metrics.fid_bootstrap(real_features, features, rounds=cfg.fid_rounds, seed=cfg.seed),
         "kid": metrics.kid(real_features, features, seed=cfg.seed),
@@ -288,8 +289,8 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> dic
             ctx["heldout"], images, seeds=cfg.pixel_judge_seeds, epochs=cfg.pixel_judge_epochs
         ),
         "parity_levels": model.manifest.parity_levels,
-        "_features": features,
     }
+    return figures, features
 
 
 def _power(figures: dict, heldout: int, cfg: GateConfig) -> dict:

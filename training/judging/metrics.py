@@ -292,15 +292,14 @@ def cluster_count(heldout: int) -> int:
     return int(min(50, max(4, heldout // 50)))
 
 
-def ndb(real: np.ndarray, fake: np.ndarray, *, k: int, seed: int, z: float = 1.96) -> dict:
-    """Number of statistically different bins (Richardson & Weiss 2018): k-means bins fitted on real features, each
-    generated sample assigned to its nearest bin, a two-proportion z-test per bin.
+def ndb(real: np.ndarray, fake: np.ndarray, *, centres: np.ndarray, z: float = 1.96) -> dict:
+    """Number of statistically different bins (Richardson & Weiss 2018): bins are ``centres`` fitted on the real
+    features (``kmeans``), each generated sample assigned to its nearest bin, a two-proportion z-test per bin.
 
     ``dropped_share``: bins holding real mass that the generator (nearly) never visits: under a quarter of the real
     share and significantly below it, which is what dropping whole modes looks like. ``min_detectable_share``: the
     smallest share difference a bin of average size could show at this ``z`` with these sample sizes."""
-    centres = kmeans(real, k, seed=seed)
-    n_r, n_f = len(real), len(fake)
+    k, n_r, n_f = len(centres), len(real), len(fake)
     p_r = np.bincount(nearest_centre(real, centres), minlength=k) / n_r
     p_f = np.bincount(nearest_centre(fake, centres), minlength=k) / n_f
     pooled = (p_r * n_r + p_f * n_f) / (n_r + n_f)
