@@ -126,7 +126,8 @@ class BlobGenerator(torch.nn.Module):
         uniform = 0.5 * (1 + torch.erf(z / 2**0.5))  # N(0, 1) -> U(0, 1)
         pick = (uniform[:, 0] * len(self.allowed)).long().clamp(max=len(self.allowed) - 1)
         mask = self.masks[self.allowed[pick]]
-        background = uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise
+        # whole levels 0..noise-1, uniform: exactly what ``blobs`` draws with rng.integers(0, 40)
+        background = (uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise).floor()
         levels = background * (1 - mask) + self.square * mask
         return (levels / 127.5 - 1).unsqueeze(1)
 
@@ -175,7 +176,8 @@ class LabelledBlobs(BlobGenerator):
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         uniform = 0.5 * (1 + torch.erf(z / 2**0.5))
         mask = self.masks[labels]
-        background = uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise
+        # whole levels 0..noise-1, uniform: exactly what ``blobs`` draws with rng.integers(0, 40)
+        background = (uniform[:, 1 : 1 + self.size * self.size].reshape(-1, self.size, self.size) * self.noise).floor()
         return ((background * (1 - mask) + self.square * mask) / 127.5 - 1).unsqueeze(1)
 
 

@@ -1,6 +1,7 @@
 """The ``ganserve`` command as a user runs it: a real process, its exit codes, messages and files."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,29 @@ def test_errors_exit_2_with_a_message(tiny_yaml, tmp_path, args, message):
     with_config = () if args == () else ("--config", str(tiny_yaml))
     done = run("train", *with_config, *args, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("export", "nowhere", "--out", "x"), {}, "no checkpoint at nowhere"),
+        (("train-evaluator", "--config", "missing.yaml"), {}, "config file missing.yaml does not exist"),
+        (("evaluate", "nowhere"), {}, "nowhere has no manifest.json: not an exported ganserve model"),
+        (("models",), {"GANSERVE_KEEP_RETIRED": "abc"}, "use a whole number of versions"),
+        (("import", "nowhere"), {}, "refusing a model that fails verification"),
+        (("promote", "nope"), {}, "no model versions match 'ganserve-candidate:nope'"),
+        (("rollback",), {}, "there is no earlier promotion to roll back to"),
+        (("retrain", "--config", "missing.yaml"), {}, "config file missing.yaml does not exist"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, tuple) else None,
+)
+def test_every_command_says_a_user_error_in_one_line(tmp_path, args, env, message):
+    """``train``'s errors are above; every other command's too: one line, exit 2, no traceback."""
+    done = subprocess.run([*GANSERVE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "BENTOML_HOME": str(tmp_path / "home"), **env})  # fmt: skip
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("error: ") and message in last, done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -49,14 +49,24 @@ def test_without_labels_the_evaluator_is_contrastive_and_passes_its_self_test(wo
     assert manifest.method == "contrastive" and manifest.class_names == [] and manifest.test_accuracy is None
     assert manifest.steps <= EVALUATOR["max_steps"]
     selftest = manifest.selftest
-    assert selftest["passed"] and set(selftest["tests"]) == {"blur", "noise", "shuffle", "clusters", "copies"}
-    for name in ("blur", "noise", "shuffle", "clusters"):
+    assert selftest["passed"] and set(selftest["tests"]) == {
+        "blur",
+        "noise",
+        "shuffle",
+        "clusters",
+        "learned",
+        "copies",
+    }
+    for name in ("blur", "noise", "shuffle"):  # the paired FID interval above the gate's margin, and the judge
         test = selftest["tests"][name]
-        assert test["fid"] > test["fid_limit"] and test["judge_accuracy"] > test["judge_limit"], name
+        assert test["fid_difference_ci95"][0] > test["fid_limit"] and test["judge_accuracy"] > test["judge_limit"]
+    clusters = selftest["tests"]["clusters"]
+    assert clusters["ndb"] > clusters["ndb_limit"]  # NDB sees the dropped half beyond its false-positive rate
     logits, features = Evaluator(world["evaluator"])(
         load_splits(world["data"]).heldout.images[:5].permute(0, 2, 3, 1).numpy()
     )
-    assert logits is None and features.shape == (5, 16)
+    assert logits is None and features.shape == (5, 8 + 16 + 16) == (5, manifest.feature_dim)  # block means, embedding
+    assert abs(float(features.mean())) < 1 and 0.2 < float(features.std()) < 3  # standardised on the training split
 
 
 def test_an_equal_model_passes_alone_and_against_production(world, tmp_path):

@@ -99,7 +99,10 @@ def train_evaluator_cmd(
 def evaluate(
     model: Path = typer.Argument(..., help="an exported model folder"),
     against: str = typer.Option("production", "--against", help="'production', 'none', or a model folder"),
-    evaluator: Path = typer.Option(Path("models/evaluator"), "--evaluator"),
+    evaluator: Path = typer.Option(
+        None, "--evaluator", help="default: the one for the model's data (shipped, or under RUNS_DIR/evaluators)"
+    ),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where retrain keeps the evaluators it trained"),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="the run, to score the GAN's own D (diagnostic)"),
     config: Path = typer.Option(None, "--config", "-c", help="a run config naming the data (default: the model's)"),
     overrides: list[str] = typer.Option([], "--set", "-s", help="gate settings, e.g. --set samples=2000"),
@@ -116,7 +119,8 @@ def evaluate(
         production = _resolve_against(against)
         cfg = _validated(GateConfig, apply_overrides({}, overrides))
         data = load_config(config).data if config is not None else None
-        report = run_gate(model, evaluator=evaluator, production=production, data=data, checkpoint=checkpoint, cfg=cfg)
+        report = run_gate(model, evaluator=evaluator, evaluators=runs_dir / "evaluators", production=production,
+                          data=data, checkpoint=checkpoint, cfg=cfg)  # fmt: skip
         write_report(model, report)
     _verdict(report["decision"], report["reasons"], model / "report.md")
     raise typer.Exit(0 if report["decision"] == "pass" else 3)
@@ -207,7 +211,8 @@ def retrain(
 ) -> None:
     """Train, export, judge against production, store, and promote only when the gate passes.
 
-    Exit status: 0 promoted, 3 rejected by the gate, 1 error. Run it again after an interruption to resume."""
+    Exit status: 0 promoted, 3 rejected by the gate, 2 a user error (the message says what to fix), 1 a failure.
+    Run it again after an interruption to resume."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from training.config import apply_overrides, load_config
@@ -216,7 +221,7 @@ def retrain(
 
     _setup_logging()
     try:
-        with _errors(code=1), logging_redirect_tqdm():
+        with _errors(), logging_redirect_tqdm():
             cfg = load_config(config, overrides)
             gate = _validated(GateConfig, apply_overrides({}, gate_overrides))
             registry = _registry()
@@ -226,6 +231,8 @@ def retrain(
     except KeyboardInterrupt:
         typer.secho("INTERRUPTED: run the same command again to resume from the last checkpoint", err=True)
         raise typer.Exit(130) from None
+    except typer.Exit:  # a user error, already said in one line
+        raise
     except Exception as err:  # a scheduled job's last line must say what happened, whatever happened
         logging.getLogger("ganserve.retrain").exception("the job failed")
         typer.secho(f"FAILED: {type(err).__name__}: {err}; production is unchanged", fg="red", err=True)
@@ -279,16 +286,16 @@ def _num(value) -> str:
 
 
 @contextmanager
-def _errors(code: int = 2) -> Iterator[None]:
-    """Turn the errors a user can fix (``GanserveError``, the project's one base) into one line on stderr and an
-    exit status, without a traceback."""
+def _errors() -> Iterator[None]:
+    """Turn the errors a user can fix (``GanserveError``, the project's one base) into one line on stderr and exit
+    status 2, without a traceback."""
     from service.errors import GanserveError
 
     try:
         yield
     except GanserveError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(code) from None
+        raise typer.Exit(2) from None
 
 
 def _setup_logging() -> None:

@@ -52,6 +52,9 @@ def retrain(
 ) -> RetrainResult:
     registry = registry or Registry()
     state_path = runs_dir / f"retrain-{cfg.name}.json"
+    if evaluator is None:  # the one for this data (shipped, or kept under runs_dir/evaluators by the data's key);
+        # found or trained first, so a job whose data no evaluator can judge stops before it trains a generator
+        evaluator = evaluator_for(cfg.data, store=runs_dir / "evaluators", progress=progress)
     config_sha = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     run_dir = Path(state["run_dir"]) if state.get("config_sha256") == config_sha else None
@@ -67,8 +70,6 @@ def retrain(
         state_path.write_text(json.dumps({"run_dir": str(run_dir), "config_sha256": config_sha}) + "\n")
         train(cfg, run_dir=run_dir, progress=progress)
 
-    if evaluator is None:  # the one trained on this data, kept under runs_dir/evaluators by the data's key
-        evaluator = evaluator_for(cfg.data, store=runs_dir / "evaluators", progress=progress)
     model_dir = run_dir / "export"
     if not (model_dir / "manifest.json").exists():
         export_checkpoint(run_dir, model_dir)

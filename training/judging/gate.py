@@ -40,7 +40,7 @@ from training.artifacts import save_grid
 from training.config import DataConfig
 from training.data import Splits, load_splits
 from training.judging import metrics
-from training.judging.evaluator import Evaluator, data_key
+from training.judging.evaluator import Evaluator, data_key, find_evaluator
 from training.judging.selftest import run_selftest
 
 __all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
@@ -138,23 +138,33 @@ class _Model:
 def evaluate(
     candidate: Path,
     *,
-    evaluator: Path,
+    evaluator: Path | None = None,
+    evaluators: Path = Path("runs/evaluators"),
     production: Path | None = None,
     data: DataConfig | None = None,
     checkpoint: Path | None = None,
     cfg: GateConfig | None = None,
 ) -> dict[str, Any]:
-    """Judge ``candidate`` (and ``production`` when given) and return the report; nothing is written."""
+    """Judge ``candidate`` (and ``production`` when given) and return the report; nothing is written. Without an
+    ``evaluator`` the one for the data is used: the shipped one, or one in ``evaluators`` (found by the data's key)."""
     cfg = cfg or GateConfig()
     started = time.perf_counter()
-    try:
-        judge = Evaluator(evaluator)
-    except GanserveError as err:
-        raise GateError(str(err)) from None
     cand = _Model(candidate)
     prod = _Model(production) if production is not None else None
     data = data or _data_config(cand.manifest)
     splits = load_splits(data)
+    if evaluator is None:
+        evaluator = find_evaluator(data, store=evaluators)
+        if evaluator is None:
+            raise GateError(
+                f"no evaluator for this data in {evaluators} (nor the shipped one): train one with "
+                f"ganserve train-evaluator --config RUN.yaml --out {evaluators}/{data_key(splits, data)[:16]}, "
+                "or let ganserve retrain train it"
+            )
+    try:
+        judge = Evaluator(evaluator)
+    except GanserveError as err:
+        raise GateError(str(err)) from None
     _check_compatible(cand.manifest, judge, splits, data)
     selftest = _check_instrument(judge, splits, cfg)
     heldout = splits.heldout.images.permute(0, 2, 3, 1).contiguous().numpy()
@@ -248,7 +258,7 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
         )
     if not cfg.selftest:
         return None
-    result = run_selftest(judge, splits, seed=judge.manifest.config.seed)
+    result = run_selftest(judge, splits, seed=judge.manifest.config.seed, fid_margin=cfg.fid_margin)
     if not result["passed"]:
         raise GateError(
             f"cannot judge: the evaluator {judge.manifest.sha256[:12]} fails its self-test on this data "
