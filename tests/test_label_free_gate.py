@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Black, BlobGenerator, Blurred, Noise, Replay, blob_dataset
+from conftest import Black, BlobGenerator, Blurred, Noise, Replay, blob_dataset, tiny_config
 
 from service.manifest import ImageSpec, file_sha256, read_manifest, write_manifest
 from training.config import DataConfig
@@ -21,7 +21,7 @@ from training.judging.gate import GateConfig, GateError, evaluate
 LATENT = 800
 IMAGE = ImageSpec(height=28, width=28, channels=1)
 FAST = GateConfig(samples=600, guard_samples=300, fid_rounds=3, judge_seeds=[0, 1], pixel_judge_seeds=[0],
-                  pixel_judge_epochs=1, interval_rounds=30)  # fmt: skip
+                  pixel_judge_epochs=1, pixel_judge_min_steps=0, interval_rounds=30)  # fmt: skip
 EVALUATOR = dict(max_steps=400, min_steps=200, check_every=50, batch_size=64, width=8, feature_dim=16, flip=False)
 
 
@@ -137,3 +137,22 @@ def test_the_gate_refuses_an_onnx_file_that_is_not_a_generator(world, tmp_path):
     write_manifest(folder, manifest.model_copy(update={"sha256": file_sha256(folder / "generator.onnx")}))
     with pytest.raises(GateError, match="is not a ganserve generator .*input z must be tensor"):
         judge(world, folder)
+
+
+def test_retrain_judges_and_stores_a_model_of_unlabelled_data(world, tmp_path):
+    """The offline job end to end on data without labels: its headline has no class figures to read."""
+    from training.registry import Registry
+    from training.retrain import retrain
+
+    lenient = FAST.model_copy(update={
+        "max_dropped_share": 1, "min_coverage": 0, "max_feature_judge_accuracy": 1, "min_memorization_ratio": 0,
+        "min_pixel_std": 0, "max_duplicate_share": 1,
+    })  # fmt: skip
+    cfg = tiny_config(world["data"].path, epochs=1)
+    registry = Registry(tmp_path / "home")
+    result = retrain(cfg, evaluator=world["evaluator"], runs_dir=tmp_path / "runs", registry=registry, gate=lenient,
+                     progress=False)  # fmt: skip
+    assert result.status == "promoted", result.reasons
+    headline = read_manifest(result.model_dir).gate
+    assert headline["decision"] == "pass" and headline["class_entropy"] is None
+    assert registry.production().sha256 == read_manifest(result.model_dir).sha256

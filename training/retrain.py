@@ -99,7 +99,7 @@ def _headline(report: dict) -> dict:
         "reasons": report["reasons"],
         "fid": c["fid"],
         "kid": c["kid"],
-        "class_entropy": c["class_entropy"],
+        "class_entropy": c.get("class_entropy"),  # labelled data only
         "feature_judge_accuracy": c["feature_judge"]["accuracy"],
         "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
         "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],

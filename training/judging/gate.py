@@ -65,6 +65,7 @@ class GateConfig(BaseModel):
     judge_seeds: list[int] = [0, 1, 2, 3, 4]
     pixel_judge_seeds: list[int] = [0, 1, 2]
     pixel_judge_epochs: int = Field(2, ge=1)
+    pixel_judge_min_steps: int = Field(300, ge=0, description="more epochs until this many batches, on small data")
     # absolute thresholds
     min_mean_level: float = 6.4  # mean pixel above -0.95 in [-1, 1]
     max_near_black_share: float = 0.01
@@ -296,7 +297,11 @@ def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> tup
         "memorization_ratio": nn_fake / ctx["real_nn"],
         "feature_judge": metrics.logistic_judge(real_features, features, seeds=cfg.judge_seeds),
         "pixel_judge": metrics.pixel_judge(
-            ctx["heldout"], images, seeds=cfg.pixel_judge_seeds, epochs=cfg.pixel_judge_epochs
+            ctx["heldout"],
+            images,
+            seeds=cfg.pixel_judge_seeds,
+            epochs=cfg.pixel_judge_epochs,
+            min_steps=cfg.pixel_judge_min_steps,
         ),
         "parity_levels": model.manifest.parity_levels,
     }
