@@ -259,7 +259,7 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
         )
     if not cfg.selftest:
         return None
-    result = run_selftest(judge, splits, seed=judge.manifest.config.seed, fid_margin=cfg.fid_margin)
+    result = run_selftest(judge, splits, seed=judge.manifest.config.seed)
     if not result["passed"]:
         raise GateError(
             f"cannot judge: the evaluator {judge.manifest.sha256[:12]} fails its self-test on this data "
