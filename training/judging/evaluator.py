@@ -182,8 +182,8 @@ class _Served(nn.Module):
     def standardise(self, images: torch.Tensor) -> None:
         """Fix the contrastive features' shift and scale from uint8 NHWC ``images``. A scale is at least a tenth of
         the median one, so a nearly dead dimension is not blown up into numerical noise."""
-        features = torch.cat([self.body.multiscale(images[i : i + 1000].permute(0, 3, 1, 2).float() / 127.5 - 1.0)
-                              for i in range(0, len(images), 1000)])  # fmt: skip
+        self.shift, self.scale = torch.zeros(0), torch.ones(0)  # unset: forward serves the raw features
+        features = torch.cat([self(images[i : i + 1000])[0] for i in range(0, len(images), 1000)])
         sd = features.std(0)
         self.shift = features.mean(0)
         self.scale = sd.clamp(min=max(0.1 * float(sd.median()), 1e-6))
