@@ -463,16 +463,22 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     return F.cross_entropy(sim, target)
 
 
-def find_evaluator(data: DataConfig, *, store: Path) -> Path | None:
-    """The shipped evaluator or the one in ``store`` whose data key matches ``data``; None when there is none."""
+def _stored(data: DataConfig, store: Path) -> tuple[Path | None, Path]:
+    """The evaluator whose data key matches ``data`` (shipped, or in ``store``), and where ``store`` keeps one."""
     key = data_key(load_splits(data), data)
-    for candidate in (SHIPPED, Path(store) / key[:16]):
+    folder = Path(store) / key[:16]
+    for candidate in (SHIPPED, folder):
         try:
             if EvaluatorManifest.model_validate_json((candidate / "manifest.json").read_text()).data_key == key:
-                return candidate
+                return candidate, folder
         except (OSError, ValidationError):
             continue
-    return None
+    return None, folder
+
+
+def find_evaluator(data: DataConfig, *, store: Path) -> Path | None:
+    """The shipped evaluator or the one in ``store`` whose data key matches ``data``; None when there is none."""
+    return _stored(data, store)[0]
 
 
 def evaluator_for(
@@ -480,10 +486,9 @@ def evaluator_for(
 ) -> Path:
     """The evaluator for ``data``: the shipped one or one in ``store`` whose data key matches, else a new one trained
     now into ``store/<key>`` (the user never has to pick one; ``--evaluator`` still can)."""
-    found = find_evaluator(data, store=store)
+    found, folder = _stored(data, store)
     if found is not None:
         return found
-    folder = Path(store) / data_key(load_splits(data), data)[:16]
     log.info("no evaluator for this data yet: training one into %s", folder)
     cfg = (template or EvaluatorConfig()).model_copy(update={"data": data})
     train_evaluator(cfg, folder, progress=progress)

@@ -133,14 +133,14 @@ def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.cdist(a, b).numpy()
 
 
+def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Each point's distance to its k-th nearest neighbour within ``x`` (column 0 is the point itself)."""
+    return np.partition(_pairwise(x, x), k, axis=1)[:, k]
+
+
 def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) on k-NN balls in feature space."""
-
-    def radii(x: np.ndarray) -> np.ndarray:
-        d = _pairwise(x, x)
-        return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
-
-    r_real, r_fake = radii(real), radii(fake)
+    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
     cross = _pairwise(fake, real)  # fake x real
     precision = (cross <= r_real[None, :]).any(1).mean()  # fakes inside some real point's ball
     recall = (cross <= r_fake[:, None]).any(0).mean()  # reals inside some fake point's ball
@@ -287,9 +287,7 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, iters: int = 30) -> np.ndarray:
 
 
 def nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return (
-        torch.cdist(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(centres)).argmin(1).numpy()
-    )
+    return _pairwise(x, centres).argmin(1)
 
 
 def cluster_count(heldout: int) -> int:
@@ -332,8 +330,7 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, *, k: int = 5) -> dict[
     lower for samples off the data, higher for samples crowding dense regions). Coverage: share of real samples
     whose ball holds at least one generated sample: about 1 - 2^-k (0.97 for k = 5) for an equal distribution and as
     many generated samples as real ones, lower when modes are missed."""
-    radii = np.partition(_pairwise(real, real), k, axis=1)[:, k]  # column 0 is the point itself
-    inside = _pairwise(fake, real) <= radii[None, :]
+    inside = _pairwise(fake, real) <= _knn_radii(real, k)[None, :]
     return {"density": float(inside.sum() / (k * len(fake))), "coverage": float(inside.any(0).mean())}
 
 
