@@ -1,33 +1,73 @@
-"""The seed-to-latent protocol, defined once for training, export and serving.
+"""The seed-to-latent protocol (v2), defined once by integer arithmetic: the numpy reference of docs/LATENTS.md.
 
-Image seed ``s`` always gives the same latent ``z``, whatever batch or request it travels in: each image draws its
-latent from its own ``numpy.random.default_rng(s)``. Drawing per image costs ~6 µs (see shared/design/performance.md),
-far below inference, and buys exact reproducibility of every image from its seed alone.
+Every exported generator carries this protocol as the first nodes of its ONNX graph (``training/sampler.py``), so
+latents are drawn where the model runs, in the batch, on the GPU when there is one. This module is the reference
+those nodes are tested against, and what training's sample grids draw with: nothing else maps a seed to a latent
+or a label.
 
-Truncation (the truncation trick: fidelity for variety) maps each entry of that same ``z`` through the normal
-quantiles into [-t, t]: ``z_t = Φ⁻¹(Φ(-t) + Φ(z)·(Φ(t) - Φ(-t)))``. The result is exactly N(0, 1) truncated to
-[-t, t], at a fixed cost whatever t (the redraw-until-inside loop it replaces never ended for tiny t), and it is a
-monotone squash of the untruncated latent: a seed keeps its image, made more typical as t shrinks.
+Entry j of image seed s (0 <= s < 2**32):
+
+1. ``k = squares32(s * 2**32 + j)``: Widynski's counter-based generator ("Squares", arXiv:2004.06278), four rounds of
+   squaring and 32-bit rotation in uint64 arithmetic with the first key of its key list. It needs only multiply, add,
+   divide and remainder, which ONNX implements on CPU and CUDA alike (there is no CUDA kernel for ONNX's bitwise ops).
+2. Two odd integers ``P = 2k + 1`` and ``Q = 2**33 - P``, and the float32 probabilities ``p = P / 2**33``,
+   ``q = Q / 2**33``: p + q = 1, each exact near its own end, so no tail is lost to ``1 - p``.
+3. Truncation t (inf: none) squeezes both into the central mass: ``a = Φ(-t)``, ``p = a + (1 - 2a) p`` and likewise q,
+   with fixed work whatever t (the old redraw loop could pin a worker). A truncated latent is the untruncated one
+   squashed monotonically: a seed keeps its image, made more typical as t shrinks.
+4. ``z = Φ⁻¹(p) = √2·erfinv(p - q)``, evaluated as Giles ("Approximating the erfinv function", 2010) does, from
+   ``w = -log(4pq)``: a polynomial in ``w - 2.5`` for w < 5, else in ``√w - 3``. The polynomials are refitted
+   here (degree 7) to cover p down to 2**-33, where Giles' float version stops near 1e-8; relative error < 5e-7.
+
+Steps 1-2 are exact integer arithmetic, identical on every machine; steps 3-4 are float32 operations, which
+implementations of log, sqrt and erf may round differently in the last bits (docs/LATENTS.md has test vectors).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["MAX_SEED", "MAX_TRUNCATION", "MIN_TRUNCATION", "PROTOCOL", "labels_for_seeds", "latents_for_seeds"]
+__all__ = [
+    "CENTRE",
+    "KEY",
+    "MAX_SEED",
+    "MAX_TRUNCATION",
+    "MIN_TRUNCATION",
+    "PROTOCOL",
+    "TAIL",
+    "labels_for_seeds",
+    "latents_for_seeds",
+    "squares32",
+]
 
-PROTOCOL = "numpy-default_rng-standard_normal-float32/v1"
+PROTOCOL = "squares32-probit-float32/v2"
+KEY = 0xC58EFD154CE32F6D  # the first key of the Squares paper's key list
 MAX_SEED = 2**32  # seeds are 0 <= s < 2**32, what an HTTP client can send as a plain JSON integer
 # Below 0.01 every seed draws practically the image of z = 0 (BigGAN shows 0.04 as its strongest setting); above 4
 # truncation changes less than one latent entry in 15,000.
 MIN_TRUNCATION, MAX_TRUNCATION = 0.01, 4.0
+# √2·erfinv(x)/x = Φ⁻¹(p)/(p - q) as degree-7 polynomials (highest power first), least-squares fits of relative
+# error in Giles' two variables: the centre in u = w - 2.5 (0 <= w < 5), the tail in v = √w - 3 (5 <= w <= 23;
+# p = 2**-33 is w = 21.5). Both within 5e-7 of the exact quantile once rounded to float32.
+CENTRE = (4.6426283e-07, -4.4888175e-06, -5.9787371e-06, 0.00030720496, -0.0017737596, -0.005905767, 0.34880325,
+          2.1233132)  # fmt: skip
+TAIL = (-0.00024245318, 0.0016438239, -0.004749016, 0.008187485, -0.010934636, 0.013341015, 1.4165951, 4.006435)
+CENTRE_LIMIT = 5.0  # w below this: the centre polynomial
 
-_erf = np.frompyfunc(math.erf, 1, 1)
-_normal_quantile = np.frompyfunc(NormalDist().inv_cdf, 1, 1)  # Wichura's AS241, in C where CPython has it
+
+def squares32(counters: np.ndarray) -> np.ndarray:
+    """Squares (four rounds) of uint64 counters with ``KEY``: uint64 values below 2**32, wrapping as C's uint64 does."""
+    ctr = np.asarray(counters, dtype=np.uint64)
+    key, half = np.uint64(KEY), np.uint64(2**32)
+    y = ctr * key
+    z = y + key
+    x = y
+    for add in (y, z, y):
+        x = x * x + add
+        x = x // half + x * half  # rotate by 32 bits: (x >> 32) | (x << 32), with the shift left wrapping
+    return (x * x + z) // half
 
 
 def latents_for_seeds(
@@ -41,22 +81,19 @@ def latents_for_seeds(
     ``truncation`` t (one for all rows, or one per row; ``inf`` or None for none) truncates the rows to [-t, t]
     as the module docstring says, with ``MIN_TRUNCATION <= t <= MAX_TRUNCATION``.
     """
-    out = np.empty((len(seeds), latent_dim), dtype=np.float32)
-    for row, seed in enumerate(seeds):
-        seed = int(seed)
-        if not 0 <= seed < MAX_SEED:
-            raise ValueError(f"seed {seed} is out of range: seeds are integers with 0 <= seed < 2**32")
-        out[row] = np.random.default_rng(seed).standard_normal(latent_dim, dtype=np.float32)
-    if truncation is None:
-        return out
-    t = np.broadcast_to(np.asarray(truncation, dtype=np.float64), (len(out),))
-    rows = np.flatnonzero(t != np.inf)
-    if rows.size:
-        limits = t[rows]
-        if not ((limits >= MIN_TRUNCATION) & (limits <= MAX_TRUNCATION)).all():
-            raise ValueError(f"truncation must be between {MIN_TRUNCATION} and {MAX_TRUNCATION}, got {limits}")
-        out[rows] = _truncate(out[rows], limits[:, None])
-    return out
+    seeds = check_seeds(seeds)
+    t = check_truncation(truncation, len(seeds))
+    k = squares32(seeds[:, None].astype(np.uint64) * np.uint64(2**32) + np.arange(latent_dim, dtype=np.uint64))
+    twice = k * np.uint64(2)
+    odd_p, odd_q = (twice + np.uint64(1)).astype(np.float32), (np.uint64(2**33 - 1) - twice).astype(np.float32)
+    a = (np.float32(0.5) - _erf(t * np.float32(1 / np.sqrt(2))) * np.float32(0.5))[:, None]
+    span = (np.float32(1) - a * np.float32(2)) * np.float32(2.0**-33)
+    p, q = a + span * odd_p, a + span * odd_q
+    w = np.float32(-np.log(4)) - np.log(p * q)
+    centre = _horner(CENTRE, w - np.float32(2.5))
+    with np.errstate(invalid="ignore"):  # w < 0 from rounding gives NaN where the centre polynomial is chosen
+        tail = _horner(TAIL, np.sqrt(w) - np.float32(3))
+    return (np.where(w < np.float32(CENTRE_LIMIT), centre, tail) * (p - q)).astype(np.float32)
 
 
 def labels_for_seeds(
@@ -66,14 +103,36 @@ def labels_for_seeds(
     ``classes``, else seed mod classes: a conditional model asked for no label (None, or -1 in a row) cycles
     through its classes by seed."""
     seeds = np.asarray(seeds, dtype=np.int64)
-    if labels is None:
-        return seeds % classes
-    labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), seeds.shape)
+    labels = np.broadcast_to(np.asarray(-1 if labels is None else labels, dtype=np.int64), seeds.shape)
     return np.where((labels >= 0) & (labels < classes), labels, seeds % classes)
 
 
-def _truncate(z: np.ndarray, t: np.ndarray) -> np.ndarray:
-    # p = Φ(-t) + Φ(z)(Φ(t) - Φ(-t)), written with erf: |p - 1/2| <= erf(4/√2)/2, so p stays inside (0, 1).
-    scale = _erf(t / math.sqrt(2)).astype(np.float64)
-    p = 0.5 + 0.5 * _erf(z.astype(np.float64) / math.sqrt(2)).astype(np.float64) * scale
-    return _normal_quantile(p).astype(np.float32)
+def check_seeds(seeds: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Seeds as int64, or ValueError naming the range."""
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    if seeds.size and not ((seeds >= 0) & (seeds < MAX_SEED)).all():
+        bad = seeds[(seeds < 0) | (seeds >= MAX_SEED)][0]
+        raise ValueError(f"seed {bad} is out of range: seeds are integers with 0 <= seed < 2**32")
+    return seeds
+
+
+def check_truncation(truncation: float | Sequence[float] | np.ndarray | None, rows: int) -> np.ndarray:
+    """Per-row float32 truncations (inf: none), or ValueError naming the range."""
+    t = np.broadcast_to(np.asarray(np.inf if truncation is None else truncation, dtype=np.float32), (rows,))
+    limits = t[t != np.inf]
+    if not ((limits >= MIN_TRUNCATION) & (limits <= MAX_TRUNCATION)).all():
+        raise ValueError(f"truncation must be between {MIN_TRUNCATION} and {MAX_TRUNCATION}, got {limits}")
+    return t
+
+
+def _horner(coefficients: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+    out = np.full_like(x, coefficients[0])
+    for c in coefficients[1:]:
+        out = out * x + np.float32(c)
+    return out
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.array([erf(v) for v in x.tolist()], dtype=np.float32)
