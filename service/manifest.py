@@ -71,8 +71,8 @@ class Manifest(_Strict):
     latent_protocol: str = PROTOCOL
     image: ImageSpec
     class_names: list[str] = Field(default_factory=list, description="empty for an unconditional generator")
-    inputs: dict[str, str] = Field(description="input names and their types, e.g. z: float32[N,100]")
-    parity_levels: int = Field(ge=0, description="largest |PyTorch - ONNX| over the export's parity batches")
+    inputs: dict[str, str] = Field(description="input names and their types, e.g. seeds: int64[N]")
+    parity_levels: int = Field(ge=0, description="largest |reference - ONNX| over the export's parity batches")
     training: TrainingInfo | None = None
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     gate: dict[str, Any] | None = Field(None, description="the quality gate's decision and headline figures")

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from service.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
-from service.runtime import GeneratorRuntime, stamp, unpack
+from service.rows import pack_images, unpack_request
+from service.runtime import GeneratorRuntime
 
 __all__ = ["NotReady", "Production"]
 
@@ -100,12 +101,13 @@ class Production:
         return self._description
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
-        """Rows made by ``service.runtime.pack`` -> images stamped with the version that drew them. Blocking (the
-        latents are drawn here too): call it off the event loop."""
+        """Request rows (``service.rows``) -> image rows stamped with their labels and the version that drew them.
+        Blocking: call it off the event loop."""
         runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
         if runtime is None:
             raise NotReady(self._not_ready())
-        return stamp(runtime.generate(*unpack(rows)), runtime.version)
+        drawn = runtime.generate(*unpack_request(rows))
+        return pack_images(drawn.images, drawn.labels, runtime.version)
 
     def _check_safely(self) -> None:
         try:

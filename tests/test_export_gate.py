@@ -3,12 +3,12 @@
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from conftest import Black, BlobGenerator, Replay, blob_dataset, tiny_config
 
-from service.latents import latents_for_seeds
+from service.latents import PROTOCOL, latents_for_seeds
 from service.manifest import ImageSpec, ManifestError, read_manifest
+from service.runtime import GeneratorRuntime
 from training.config import DataConfig
 from training.data import load_splits
 from training.export import ExportError, export_checkpoint, export_module
@@ -53,17 +53,22 @@ def test_export_writes_a_checked_onnx_with_its_manifest(idx_dir, tmp_path):
     manifest = export_checkpoint(run, tmp_path / "model")
     assert read_manifest(tmp_path / "model") == manifest  # sha256 verified on read
     assert manifest.latent_dim == 16 and manifest.image == IMAGE and manifest.class_names == ["0", "1", "2", "3"]
-    assert manifest.parity_levels <= 1 and manifest.inputs == {"z": "float32[N,16]", "labels": "int64[N]"}
+    assert manifest.parity_levels <= 1
+    assert manifest.inputs == {"seeds": "int64[N]", "labels": "int64[N]", "truncation": "float32[N]"}
     assert manifest.training.run_id == run.name and manifest.training.step == 16
     assert manifest.training.dataset["heldout"]["images"] == 64
-    assert manifest.latent_protocol.startswith("numpy-default_rng")
+    assert manifest.latent_protocol == PROTOCOL
 
-    session = ort.InferenceSession(str(tmp_path / "model" / "generator.onnx"))
-    seeds = [5, 9, 11]
-    batch = session.run(["images"], {"z": latents_for_seeds(seeds, 16), "labels": np.array([1, 2, 3])})[0]
-    alone = session.run(["images"], {"z": latents_for_seeds([9], 16), "labels": np.array([2])})[0]
-    assert batch.dtype == np.uint8 and batch.shape == (3, 28, 28, 1)
-    np.testing.assert_array_equal(batch[1], alone[0])  # seed 9 gives the same image in any batch
+    runtime = GeneratorRuntime(tmp_path / "model")
+    batch = runtime.generate([5, 9, 11], [1, 2, 3])
+    alone = runtime.generate([9], 2)
+    assert batch.images.dtype == np.uint8 and batch.images.shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(batch.images[1], alone.images[0])  # seed 9 gives the same image in any batch
+    assert batch.labels.tolist() == [1, 2, 3] and runtime.generate([5, 6]).labels.tolist() == [1, 2]  # by seed
+    # the latents the graph drew are the numpy reference's, within float32 rounding
+    feeds = {"seeds": np.array([5, 9]), "labels": np.array([-1, -1]), "truncation": np.array([np.inf, 0.5], np.float32)}
+    z = runtime.session.run(["z"], feeds)[0]
+    np.testing.assert_allclose(z, latents_for_seeds([5, 9], 16, truncation=[np.inf, 0.5]), rtol=0, atol=2e-6)
 
     with pytest.raises(ExportError, match="exists and is not empty"):
         export_checkpoint(run, tmp_path / "model")

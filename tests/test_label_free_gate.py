@@ -135,7 +135,7 @@ def test_the_gate_refuses_an_onnx_file_that_is_not_a_generator(world, tmp_path):
     (folder / "generator.onnx").write_bytes((world["evaluator"] / "evaluator.onnx").read_bytes())
     manifest = read_manifest(folder, verify=False)
     write_manifest(folder, manifest.model_copy(update={"sha256": file_sha256(folder / "generator.onnx")}))
-    with pytest.raises(GateError, match="is not a ganserve generator .*input z must be tensor"):
+    with pytest.raises(GateError, match="is not a ganserve generator .*input seeds must be tensor"):
         judge(world, folder)
 
 

@@ -70,6 +70,22 @@ def export(
     typer.echo(f"{out} sha256 {manifest.sha256}")
 
 
+@app.command()
+def upgrade(
+    source: Path = typer.Argument(..., help="a model folder exported under latent protocol v1 (its graph takes z)"),
+    out: Path = typer.Option(..., "--out", "-o", help="new folder for the re-exported model"),
+) -> None:
+    """Put the sampler of latent protocol v2 in front of a v1 model (same weights), so that it takes seeds.
+
+    Seeds draw other images than under v1: judge the new folder again with `ganserve evaluate`."""
+    from training.export import upgrade as upgrade_folder
+
+    _setup_logging()
+    with _errors():
+        manifest = upgrade_folder(source, out)
+    typer.echo(f"{out} sha256 {manifest.sha256}, parity within {manifest.parity_levels} level(s); judge it again")
+
+
 @app.command("train-evaluator")
 def train_evaluator_cmd(
     out: Path = typer.Option(Path("models/evaluator"), "--out", "-o", help="folder for evaluator.onnx and manifest"),

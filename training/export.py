@@ -1,8 +1,11 @@
 """Export a generator to one self-contained ONNX file with its manifest, refusing one that fails parity.
 
-The graph takes ``z`` (float32, N x latent_dim) and, for a conditional model, ``labels`` (int64, N), and returns
-uint8 images N x H x W x C: the [-1, 1] -> bytes mapping and the NCHW -> NHWC transpose that every caller would
-repeat are folded into the graph (bench/export.py measures what that saves).
+The graph takes image seeds (``seeds`` int64[N], ``truncation`` float32[N], and ``labels`` int64[N] for a
+conditional model) and returns uint8 images N x H x W x C. The latent protocol runs as its first nodes
+(``training.sampler``), and the [-1, 1] -> bytes mapping and the NCHW -> NHWC transpose that every caller would
+repeat are folded in at the end (bench/export.py measures what that saves). Parity is checked through the serving
+path itself (``GeneratorRuntime``) against PyTorch fed the numpy reference latents. ``upgrade`` puts the sampler
+in front of a model exported under latent protocol v1 (which took ``z``), with the same weights.
 """
 
 from __future__ import annotations
@@ -15,25 +18,29 @@ import logging
 import shutil
 import tempfile
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from service.errors import GanserveError
-from service.latents import latents_for_seeds
-from service.manifest import MODEL_NAME, ImageSpec, Manifest, TrainingInfo, file_sha256, write_manifest
+from service.latents import PROTOCOL, labels_for_seeds, latents_for_seeds
+from service.manifest import MODEL_NAME, ImageSpec, Manifest, TrainingInfo, file_sha256, read_manifest, write_manifest
+from service.runtime import GeneratorRuntime
 from training.checkpoint import load_checkpoint
 from training.config import RunConfig
 from training.networks import Generator
+from training.sampler import OPSET, with_sampler
 
-__all__ = ["PARITY_BATCHES", "ExportError", "export_checkpoint", "export_module", "parity"]
+__all__ = ["PARITY_BATCHES", "ExportError", "export_checkpoint", "export_module", "parity", "upgrade"]
 
 log = logging.getLogger("ganserve.export")
 
 PARITY_BATCHES = (1, 3, 16, 64)
-OPSET = 20
+PARITY_TRUNCATION = 0.7  # every other parity image is truncated, so that path is checked too
 
 
 class ExportError(GanserveError, RuntimeError):
@@ -77,26 +84,72 @@ def export_module(
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = ({0: batch}, {0: batch}) if conditional else ({0: batch},)
     names = ["z", "labels"] if conditional else ["z"]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter warns and prints at length about what does not apply here
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                served, args, Path(tmp) / "core.onnx", dynamo=True, opset_version=OPSET, input_names=names,
+                output_names=["images", "finite"], dynamic_shapes=dynamic, external_data=False, verbose=False,
+            )  # fmt: skip
+        core = onnx.load(Path(tmp) / "core.onnx")
+    model = with_sampler(core, latent_dim=latent_dim, classes=len(class_names))
+
+    def reference(seeds: np.ndarray, truncation: np.ndarray) -> np.ndarray:
+        z = torch.from_numpy(latents_for_seeds(seeds, latent_dim, truncation=truncation))
+        labels = torch.from_numpy(labels_for_seeds(seeds, len(class_names))) if conditional else None
+        with torch.no_grad():
+            return served(z, labels)[0].numpy()
+
+    manifest = Manifest(
+        sha256="", latent_dim=latent_dim, image=image, class_names=list(class_names), inputs=_inputs(conditional),
+        training=training, parity_levels=0,
+    )  # fmt: skip
+    return _write(model, manifest, out_dir, reference)
+
+
+def upgrade(source: Path, out_dir: Path) -> Manifest:
+    """A model folder exported under latent protocol v1 (its graph takes ``z``), re-exported into ``out_dir`` with
+    the sampler in front: the same weights, now drawing by this protocol. Its gate report does not carry over:
+    seeds draw other images now, so judge it again."""
+    import onnxruntime as ort
+
+    old = read_manifest(source)
+    if "seeds" in old.inputs:
+        raise ExportError(f"{source} already takes seeds ({old.latent_protocol}); nothing to upgrade")
+    classes = len(old.class_names)
+    session = ort.InferenceSession(str(Path(source) / old.file), providers=["CPUExecutionProvider"])
+
+    def reference(seeds: np.ndarray, truncation: np.ndarray) -> np.ndarray:
+        feeds = {"z": latents_for_seeds(seeds, old.latent_dim, truncation=truncation)}
+        if classes:
+            feeds["labels"] = labels_for_seeds(seeds, classes)
+        return session.run(["images"], feeds)[0]
+
+    model = with_sampler(onnx.load(Path(source) / old.file), latent_dim=old.latent_dim, classes=classes)
+    fresh = old.model_copy(update={"inputs": _inputs(bool(classes)), "gate": None, "latent_protocol": PROTOCOL,
+                                   "created": datetime.now(timezone.utc)})  # fmt: skip
+    return _write(model, fresh, out_dir, reference)
+
+
+def _inputs(conditional: bool) -> dict[str, str]:
+    return {"seeds": "int64[N]", **({"labels": "int64[N]"} if conditional else {}), "truncation": "float32[N]"}
+
+
+def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference) -> Manifest:
+    """Check ``model``, write it with its manifest into a staging folder, measure parity through the serving
+    runtime against ``reference(seeds, truncation)``, and move the folder into place whole, or write nothing."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} exists and is not empty; export into a new folder")
+    onnx.checker.check_model(model, full_check=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         onnx_path = staging / MODEL_NAME
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # the exporter warns and prints at length about what does not apply here
-            torch.onnx.export(
-                served, args, onnx_path, dynamo=True, opset_version=OPSET, input_names=names,
-                output_names=["images", "finite"], dynamic_shapes=dynamic, external_data=False, verbose=False,
-            )  # fmt: skip
-        import onnx
-
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-        worst = parity(served, onnx_path, latent_dim=latent_dim, num_classes=len(class_names))
+        onnx.save(model, onnx_path)
+        write_manifest(staging, manifest.model_copy(update={"sha256": file_sha256(onnx_path)}))
+        worst = parity(GeneratorRuntime(staging, providers=["CPUExecutionProvider"]), reference)
         if worst > 1:
             raise ExportError(f"ONNX output differs from PyTorch by {worst} levels (allowed: 1); nothing written")
-        inputs = {"z": f"float32[N,{latent_dim}]"} | ({"labels": "int64[N]"} if conditional else {})
-        manifest = Manifest(
-            sha256=file_sha256(onnx_path), latent_dim=latent_dim, image=image,
-            class_names=list(class_names), inputs=inputs, training=training, parity_levels=worst,
-        )  # fmt: skip
+        manifest = read_manifest(staging).model_copy(update={"parity_levels": worst})
         write_manifest(staging, manifest)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         if out_dir.exists():
@@ -110,25 +163,17 @@ def export_module(
     return manifest
 
 
-def parity(served: nn.Module, onnx_path: Path, *, latent_dim: int, num_classes: int) -> int:
-    """Largest |PyTorch - onnxruntime| in uint8 levels over several batch sizes, same seeded latents."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+def parity(runtime: GeneratorRuntime, reference) -> int:
+    """Largest |reference - runtime| in uint8 levels over several batch sizes, the same seeds, half of them
+    truncated: the runtime draws its latents in the graph, the reference from the numpy reference."""
     worst = 0
     for n in PARITY_BATCHES:
-        z = latents_for_seeds(range(1000, 1000 + n), latent_dim)
-        feeds = {"z": z}
-        args = [torch.from_numpy(z)]
-        if num_classes:
-            labels = np.arange(n, dtype=np.int64) % num_classes
-            feeds["labels"] = labels
-            args.append(torch.from_numpy(labels))
-        with torch.no_grad():
-            expected = served(*args)[0].numpy().astype(np.int16)
-        got = session.run(["images"], feeds)[0].astype(np.int16)
+        seeds = np.arange(1000, 1000 + n, dtype=np.int64)
+        truncation = np.where(np.arange(n) % 2, np.float32(PARITY_TRUNCATION), np.float32(np.inf)).astype(np.float32)
+        got = runtime.generate(seeds, truncation=truncation).images.astype(np.int16)
+        expected = reference(seeds, truncation).astype(np.int16)
         if got.shape != expected.shape:
-            raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch {expected.shape} at batch {n}")
+            raise ExportError(f"ONNX output shape {got.shape} differs from the reference {expected.shape} at batch {n}")
         worst = max(worst, int(np.abs(got - expected).max()))
     return worst
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from service.imaging import to_uint8
-from service.latents import latents_for_seeds
+from service.latents import labels_for_seeds, latents_for_seeds
 from training.artifacts import StatsLog, new_run_dir, plot_losses, save_grid
 from training.augment import ada_step, augment
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -405,11 +405,12 @@ class _Trainer:
 
     @torch.no_grad()
     def _save_grid(self) -> None:
-        """A grid from fixed seeds 0..grid_size-1, so grids of successive epochs compare image by image."""
+        """A grid from fixed seeds 0..grid_size-1, so grids of successive epochs compare image by image; drawn by the
+        latent protocol's numpy reference, so seed s here is the image the exported model serves for seed s."""
         g = self.G_ema if self.G_ema is not None else self.G
         n, classes = self.cfg.grid_size, self.G.num_classes
         z = torch.from_numpy(latents_for_seeds(range(n), self.cfg.model.latent_dim)).to(self.proc.device)
-        labels = torch.arange(n, device=self.proc.device) % classes if classes else None  # one class a column
+        labels = torch.from_numpy(labels_for_seeds(range(n), classes)).to(self.proc.device) if classes else None
         was_training = g.training
         g.eval()  # BatchNorm must use running statistics when sampling
         images = g(z, labels).float().cpu().numpy()

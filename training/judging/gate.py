@@ -34,8 +34,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import GanserveError
-from service.latents import labels_for_seeds, latents_for_seeds
-from service.manifest import MODEL_NAME, Manifest, read_manifest
+from service.manifest import Manifest, ManifestError
+from service.runtime import GeneratorRuntime
 from training.artifacts import save_grid
 from training.config import DataConfig
 from training.data import Splits, load_splits
@@ -89,51 +89,19 @@ class GateConfig(BaseModel):
     pixel_judge_margin: float = 0.03
 
 
-class _Model:
-    """An exported generator run by onnxruntime."""
+def _open(folder: Path) -> GeneratorRuntime:
+    """The model through the serving path (the one path from seeds to images), on the CPU: judging is offline."""
+    try:
+        return GeneratorRuntime(folder, providers=["CPUExecutionProvider"])
+    except ManifestError as err:
+        raise GateError(str(err)) from None
 
-    def __init__(self, folder: Path) -> None:
-        import onnxruntime as ort
 
-        self.folder = Path(folder)
-        self.manifest: Manifest = read_manifest(self.folder)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.folder / MODEL_NAME), options, providers=["CPUExecutionProvider"])
-        self._check_contract()
-
-    def _check_contract(self) -> None:
-        """The generator contract: z float32[N, latent] (+ labels int64[N]) in, images uint8[N,H,W,C] and finite out."""
-        m = self.manifest
-        inputs = {i.name: (i.type, i.shape) for i in self.session.get_inputs()}
-        outputs = {o.name: (o.type, o.shape) for o in self.session.get_outputs()}
-        want_in = {"z": "tensor(float)", **({"labels": "tensor(int64)"} if m.conditional else {})}
-        want_out = {"images": "tensor(uint8)", "finite": "tensor(bool)"}
-        problems = [f"input {k} must be {t}" for k, t in want_in.items() if inputs.get(k, (None,))[0] != t]
-        problems += [f"output {k} must be {t}" for k, t in want_out.items() if outputs.get(k, (None,))[0] != t]
-        if not problems and inputs["z"][1][-1] not in (m.latent_dim, None) and isinstance(inputs["z"][1][-1], int):
-            problems.append(f"input z has {inputs['z'][1][-1]} columns, the manifest says latent_dim {m.latent_dim}")
-        if problems:
-            raise GateError(
-                f"{self.folder / MODEL_NAME} is not a ganserve generator ({'; '.join(problems)}); it has inputs "
-                f"{sorted(inputs)} and outputs {sorted(outputs)}: export models with ganserve export"
-            )
-
-    def sample(self, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(uint8 images, finite flags, requested labels) for the seeds; a conditional model cycles the classes."""
-        m = self.manifest
-        images, finite, labels = [], [], None
-        seeds = list(seeds)
-        if m.conditional:
-            labels = labels_for_seeds(seeds, len(m.class_names))
-        for start in range(0, len(seeds), 500):
-            feeds = {"z": latents_for_seeds(seeds[start : start + 500], m.latent_dim)}
-            if labels is not None:
-                feeds["labels"] = labels[start : start + 500]
-            out = self.session.run(["images", "finite"], feeds)
-            images.append(out[0])
-            finite.append(out[1])
-        return np.concatenate(images), np.concatenate(finite), labels
+def _sample(model: GeneratorRuntime, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(uint8 images, finite flags, the labels drawn for) for the seeds, 500 at a time."""
+    parts = [model.generate(seeds[i : i + 500], finite=True) for i in range(0, len(seeds), 500)]
+    labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
+    return np.concatenate([p.images for p in parts]), np.concatenate([p.finite for p in parts]), labels
 
 
 def evaluate(
@@ -150,8 +118,8 @@ def evaluate(
     ``evaluator`` the one for the data is used: the shipped one, or one in ``evaluators`` (found by the data's key)."""
     cfg = cfg or GateConfig()
     started = time.perf_counter()
-    cand = _Model(candidate)
-    prod = _Model(production) if production is not None else None
+    cand = _open(candidate)
+    prod = _open(production) if production is not None else None
     data = data or _data_config(cand.manifest)
     splits = load_splits(data)
     if evaluator is None:
@@ -275,9 +243,11 @@ def _run_of(manifest: Manifest) -> dict:
     return {} if t is None else {"run_id": t.run_id, "step": t.step}
 
 
-def _figures(model: _Model, judge: Evaluator, ctx: dict, cfg: GateConfig) -> tuple[dict[str, Any], np.ndarray]:
+def _figures(
+    model: GeneratorRuntime, judge: Evaluator, ctx: dict, cfg: GateConfig
+) -> tuple[dict[str, Any], np.ndarray]:
     """The model's figures, and its samples' features (for the paired interval against production)."""
-    images, finite, requested = model.sample(range(cfg.seed, cfg.seed + cfg.samples))
+    images, finite, requested = _sample(model, range(cfg.seed, cfg.seed + cfg.samples))
     logits, features = judge(images)
     guard = images[: cfg.guard_samples]
     nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx["train"])))
@@ -323,7 +293,7 @@ def _power(figures: dict, heldout: int, cfg: GateConfig) -> dict:
     }
 
 
-def _own_discriminator(checkpoint: Path, splits: Splits, model: _Model, cfg: GateConfig) -> dict:
+def _own_discriminator(checkpoint: Path, splits: Splits, model: GeneratorRuntime, cfg: GateConfig) -> dict:
     """The GAN's own trained D on held-out real vs generated images: a diagnostic, never a gate."""
     import torch
 
@@ -336,7 +306,7 @@ def _own_discriminator(checkpoint: Path, splits: Splits, model: _Model, cfg: Gat
     d.load_state_dict(state["D"])
     d.eval()
     n = min(2000, len(splits.heldout))
-    images, _, labels = model.sample(range(cfg.seed, cfg.seed + n))
+    images, _, labels = _sample(model, range(cfg.seed, cfg.seed + n))
     conditional = labels is not None
     real_x = splits.heldout.images[:n].float() / 127.5 - 1
     fake_x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -394,10 +364,10 @@ def _checks(figures: dict, manifest: Manifest, labelled: bool, cfg: GateConfig) 
 
 def write_report(folder: Path, report: dict) -> None:
     """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model."""
-    model = _Model(folder)
+    model = _open(folder)
     classes = len(model.manifest.class_names)
     first = report["seeds"]["first"]
-    images, _, labels = model.sample(range(first, first + (6 * classes if classes else 64)))
+    images, _, labels = _sample(model, range(first, first + (6 * classes if classes else 64)))
     if labels is not None:
         images = images[np.argsort(labels, kind="stable").reshape(classes, -1).T.ravel()]
     save_grid(images, folder / "grid.png", cols=classes or None)

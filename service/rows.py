@@ -1,0 +1,57 @@
+"""The two row formats that travel between the service's parts, named here and nowhere else.
+
+- A request travels as seeds, not latents: one float64 row per image, ``[seed, label, truncation]`` (label -1:
+  none; truncation inf: none). float64 holds every seed below 2**53 exactly. The model's own graph draws the latents
+  (``service.latents``), so a promotion to another latent size cannot break a request in flight.
+- Images come back as one uint8 row per image: its pixels, then the class it was drawn for as a little-endian int32
+  (-1 for an unconditional model), then the ``VERSION_BYTES`` ASCII bytes of the version of the model that drew it,
+  so a request never mislabels an image across a swap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["VERSION_BYTES", "Images", "pack_images", "pack_request", "unpack_images", "unpack_request"]
+
+VERSION_BYTES = 12  # a model version is the first 12 hex digits of its ONNX file's sha256
+_LABEL = np.dtype("<i4")
+
+
+def pack_request(seeds: list[int], label: int | None, truncation: float | None) -> np.ndarray:
+    rows = np.empty((len(seeds), 3), dtype=np.float64)
+    rows[:, 0] = seeds
+    rows[:, 1] = -1 if label is None else label
+    rows[:, 2] = np.inf if truncation is None else truncation
+    return rows
+
+
+def unpack_request(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds (int64), labels (int64, -1: none) and truncations (float32, inf: none) of rows, possibly of many
+    requests."""
+    return rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2].astype(np.float32)
+
+
+class Images:
+    """What ``unpack_images`` reads back: uint8 pixels (one flat row per image), labels (None: unconditional) and
+    the version of the model that drew them."""
+
+    __slots__ = ("labels", "pixels", "version")
+
+    def __init__(self, pixels: np.ndarray, labels: list[int] | None, version: str) -> None:
+        self.pixels, self.labels, self.version = pixels, labels, version
+
+
+def pack_images(images: np.ndarray, labels: np.ndarray | None, version: str) -> np.ndarray:
+    """uint8 images and the class each was drawn for (None: unconditional) -> one row per image."""
+    n = len(images)
+    tag = np.broadcast_to(np.frombuffer(version.encode("ascii"), dtype=np.uint8), (n, VERSION_BYTES))
+    label = np.full(n, -1, _LABEL) if labels is None else np.asarray(labels, _LABEL)
+    return np.concatenate([images.reshape(n, -1), label.view(np.uint8).reshape(n, 4), tag], axis=1)
+
+
+def unpack_images(rows: np.ndarray) -> Images:
+    """Rows made by ``pack_images`` for one request."""
+    labels = np.ascontiguousarray(rows[:, -VERSION_BYTES - 4 : -VERSION_BYTES]).view(_LABEL).ravel()
+    version = bytes(rows[0, -VERSION_BYTES:]).decode("ascii")
+    return Images(rows[:, : -VERSION_BYTES - 4], None if labels[0] < 0 else labels.tolist(), version)
