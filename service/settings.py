@@ -21,6 +21,9 @@ class Settings(BaseModel):
     model_tag: str = Field("ganserve-generator:latest", description="the model; name:latest follows promotions")
     layout: Literal["auto", "batched", "inprocess"] = Field("auto", description="auto: batched with an NVIDIA GPU")
     workers: int = Field(0, ge=0, description="HTTP workers; 0: one per core in process, 1 batched")
+    route: Literal["asgi", "api"] = Field(
+        "asgi", description="/generate as a route of the mounted ASGI app (faster, docs/BENCHMARKS.md) or @bentoml.api"
+    )
     max_n: int = Field(64, ge=1, le=1024, description="images per request")
     max_concurrency: int = Field(256, ge=1, description="requests being served at once, bodies received; then 429")
     max_body: int = Field(4096, ge=256, description="bytes of a request body, however it is sent; then 413")

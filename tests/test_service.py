@@ -14,6 +14,7 @@ from PIL import Image
 from service.imaging import grid_shape, tile
 from service.latents import MIN_TRUNCATION
 from service.manifest import ImageSpec
+from service.runtime import GeneratorRuntime
 from training.export import export_module
 
 IMAGE = ImageSpec(height=28, width=28, channels=1)
@@ -79,6 +80,23 @@ def test_an_image_seed_gives_the_same_pixels_in_any_request(server):
     for i, body in enumerate(asyncio.run(concurrently())):  # every request ends with seed 10, amid other traffic
         n = 1 + i % 4
         np.testing.assert_array_equal(tile_at(png(body), n, n - 1), alone)
+
+
+def test_the_service_the_gate_and_the_runtime_draw_the_same_images(server, home):
+    """One path from seeds to images: the same seed, label and truncation give the same pixels everywhere."""
+    from training.judging.gate import _open, _sample
+
+    served = png(post(server, n=1, seed=10).content)
+    truncated = png(post(server, n=1, seed=10, label=2, truncation=0.5).content)
+    named = post(server, "/generate_batch", n=1, seed=10).json()["images"][0]
+    runtime = GeneratorRuntime(home / "conditional")
+    by_seed = runtime.generate([10])
+    np.testing.assert_array_equal(by_seed.images[0, ..., 0], served)
+    assert named["label_index"] == by_seed.labels[0] == 2 and named["label"] == CLASSES[2]  # 10 mod 4 classes
+    np.testing.assert_array_equal(runtime.generate([10], 2, 0.5).images[0, ..., 0], truncated)
+    images, _, labels = _sample(_open(home / "conditional"), range(10, 11))
+    np.testing.assert_array_equal(images[0, ..., 0], served)
+    assert labels.tolist() == by_seed.labels.tolist()
 
 
 def tile_at(grid: np.ndarray, n: int, i: int, size: int = 28, pad: int = 2) -> np.ndarray:
@@ -168,6 +186,25 @@ def test_unknown_label_lists_the_allowed_ones(server):
 def test_a_body_that_is_not_json(server):
     r = httpx.post(f"{server.url}/generate", content=b"n=3", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "Invalid JSON" in r.text
+
+
+def test_the_bentoml_api_route_keeps_the_same_contract(home, server, layout):
+    """GANSERVE_ROUTE=api serves /generate through @bentoml.api instead of the ASGI app's route: the same images,
+    the same 4xx."""
+    if layout != "inprocess":
+        pytest.skip("one layout is enough: the route is the same code in both")
+    s = Server(home, GANSERVE_LAYOUT="inprocess", GANSERVE_ROUTE="api")
+    try:
+        r = httpx.post(f"{s.url}/generate", json={"n": 2, "seed": 7, "truncation": 0.5}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-seeds"] == "7,8"
+        assert r.content == post(server, n=2, seed=7, truncation=0.5).content
+        batch = httpx.post(f"{s.url}/generate_batch", json={"n": 1, "seed": 7}, timeout=30).json()
+        assert batch == post(server, "/generate_batch", n=1, seed=7).json()
+        for body, says in [({"n": 0}, "greater than or equal to 1"), ({"label": "zebra"}, "unknown label")]:
+            bad = httpx.post(f"{s.url}/generate", json=body, timeout=30)
+            assert bad.status_code == 400 and says in bad.json()["error"] + str(bad.json().get("detail"))
+    finally:
+        s.stop()
 
 
 def test_info_health_metrics_and_openapi(server):
