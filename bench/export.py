@@ -1,5 +1,6 @@
 """What folding the post-processing into the ONNX graph saves: uint8 NHWC out of the graph, against float NCHW out
-of the graph followed by the same mapping in numpy (what every caller would otherwise write).
+of the graph followed by the same mapping in numpy (what every caller would otherwise write). Both graphs draw
+their latents from seeds with the same sampler in front (``training.sampler``).
 
     python bench/export.py RUN_DIR [--threads 1]
 """
@@ -16,13 +17,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from service.imaging import to_uint8
-from service.latents import latents_for_seeds
 from training.checkpoint import load_generator
 from training.export import export_checkpoint
+from training.sampler import with_sampler
 
 
 def _float_graph(run: Path, path: Path) -> None:
@@ -35,6 +37,7 @@ def _float_graph(run: Path, path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(g, args, path, dynamo=True, dynamic_shapes=dynamic, external_data=False,
                           input_names=["z", "labels"][: len(args)], output_names=["images"])  # fmt: skip
+    onnx.save(with_sampler(onnx.load(path), latent_dim=cfg.model.latent_dim, classes=g.num_classes), path)
 
 
 def _time(fn, *, min_seconds: float = 1.0) -> float:
@@ -63,9 +66,9 @@ def main() -> None:
         folded = ort.InferenceSession(str(folded_dir / "generator.onnx"), options, providers=["CPUExecutionProvider"])
         plain = ort.InferenceSession(str(float_path), options, providers=["CPUExecutionProvider"])
         for n in (1, 16, 64):
-            feeds = {"z": latents_for_seeds(range(n), manifest.latent_dim)}
+            feeds = {"seeds": np.arange(n, dtype=np.int64), "truncation": np.full(n, np.inf, np.float32)}
             if manifest.conditional:
-                feeds["labels"] = np.arange(n, dtype=np.int64) % len(manifest.class_names)
+                feeds["labels"] = np.full(n, -1, np.int64)  # by seed
             t_folded = _time(lambda feeds=feeds: folded.run(["images"], feeds))
             t_plain = _time(lambda feeds=feeds: to_uint8(plain.run(["images"], feeds)[0]))
             t_numpy = _time(lambda feeds=feeds, out=plain.run(["images"], feeds)[0]: to_uint8(out))

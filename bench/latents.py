@@ -1,8 +1,8 @@
-"""What drawing latents costs per image: untruncated, truncated by the quantile map (``service.latents``), and the
-redraw-until-inside loop it replaced, whose cost grows without bound as t shrinks (one request with t = 1e-300 never
-ended). One process, the same seeds for every row.
+"""What drawing a batch of latents costs, in one process and one run: latent protocol v2 in the graph (the sampler
+nodes alone, run by onnxruntime with one thread, as each serving worker runs them) and in its numpy reference,
+against protocol v1 (one ``numpy.random.default_rng(seed)`` per image, what every latent cost before v2).
 
-    python bench/latents.py --latent-dim 100 --rounds 5
+    python bench/latents.py --latent-dim 100 --rounds 7
 """
 
 from __future__ import annotations
@@ -13,63 +13,71 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from service.latents import latents_for_seeds
+from training.sampler import sampler_model
 
 
-def redraw_loop(seeds: range, latent_dim: int, t: float, budget: float) -> np.ndarray | None:
-    """The rule before: redraw entries with |z| > t from the seed's generator until none is left (None past
-    ``budget`` seconds, for the t where it would run for minutes or for ever)."""
-    out, start = np.empty((len(seeds), latent_dim), np.float32), time.perf_counter()
+def v1_per_image(seeds: np.ndarray, latent_dim: int) -> np.ndarray:
+    """Protocol v1, kept here only as the baseline: one generator per image seed."""
+    out = np.empty((len(seeds), latent_dim), dtype=np.float32)
     for row, seed in enumerate(seeds):
-        rng = np.random.default_rng(seed)
-        z = rng.standard_normal(latent_dim, dtype=np.float32)
-        while (outside := np.abs(z) > t).any():
-            if time.perf_counter() - start > budget:
-                return None
-            z[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
-        out[row] = z
+        out[row] = np.random.default_rng(int(seed)).standard_normal(latent_dim, dtype=np.float32)
     return out
 
 
-def per_image_us(draw, n: int, rounds: int) -> float | None:
+def best_us(draw, rounds: int, min_seconds: float = 0.2) -> float:
+    """The fastest of ``rounds`` timings, each averaged over enough calls to last ``min_seconds``."""
+    draw()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds / 4:
+        draw()
+        calls += 1
+    per_round = max(1, int(calls * 4 * min_seconds / max(time.perf_counter() - start, 1e-9) / 4))
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
-        if draw() is None:
-            return None
-        best = min(best, time.perf_counter() - start)
-    return best / n * 1e6
+        for _ in range(per_round):
+            draw()
+        best = min(best, (time.perf_counter() - start) / per_round)
+    return best * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latent-dim", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--budget", type=float, default=2.0, help="seconds before the old loop counts as stuck")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("bench/results/latents.json"))
     args = parser.parse_args()
 
-    rows = []
-    print(f"{'t':>8} {'n':>4} {'quantile map µs/img':>20} {'old redraw loop µs/img':>23}")
-    for t in (None, 4.0, 1.0, 0.5, 0.1, 0.01, 1e-4):
-        for n in (1, 16, 64):
-            seeds = range(1000, 1000 + n)
-            row = {"truncation": t, "n": n}
-            if t is None or t >= 0.01:
-                row["quantile_map_us"] = per_image_us(
-                    lambda s=seeds, t=t: latents_for_seeds(s, args.latent_dim, truncation=t), n, args.rounds
-                )
-            if t is not None:
-                row["redraw_loop_us"] = per_image_us(
-                    lambda s=seeds, t=t: redraw_loop(s, args.latent_dim, t, args.budget),
-                    n,
-                    1 if t < 0.5 else args.rounds,
-                )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    graph = ort.InferenceSession(
+        sampler_model(args.latent_dim, 0).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    rows, rounds = [], args.rounds
+    print(f"{'n':>5} {'truncation':>10} {'v1 per image µs':>16} {'v2 numpy µs':>12} {'v2 graph µs':>12} "
+          f"{'numpy/v1':>9} {'graph/v1':>9}")  # fmt: skip
+    for n in (1, 16, 64, 256):
+        seeds = np.arange(1000, 1000 + n, dtype=np.int64)
+        for t in (None, 0.5):
+            trunc = np.full(n, np.inf if t is None else t, np.float32)
+            row = {
+                "n": n,
+                "truncation": t,
+                "v1_per_image_us": None if t else best_us(lambda s=seeds: v1_per_image(s, args.latent_dim), rounds),
+                "v2_numpy_us": best_us(lambda s=seeds, tr=trunc: latents_for_seeds(s, args.latent_dim, truncation=tr),
+                                       rounds),
+                "v2_graph_us": best_us(lambda s=seeds, tr=trunc: graph.run(["z"], {"seeds": s, "truncation": tr}),
+                                       rounds),
+            }  # fmt: skip
+            base = rows[-1]["v1_per_image_us"] if t else row["v1_per_image_us"]  # v1 had no bounded truncation
+            row["numpy_over_v1"], row["graph_over_v1"] = row["v2_numpy_us"] / base, row["v2_graph_us"] / base
             rows.append(row)
-            new, old = row.get("quantile_map_us"), row.get("redraw_loop_us", "-")
-            print(f"{t!s:>8} {n:>4} {'refused (400)' if new is None else f'{new:.1f}':>20} "
-                  f"{'stuck' if old is None else old if old == '-' else f'{old:.1f}':>23}")  # fmt: skip
+            v1 = "-" if row["v1_per_image_us"] is None else f"{row['v1_per_image_us']:.1f}"
+            print(f"{n:>5} {t or '-':>10} {v1:>16} {row['v2_numpy_us']:>12.1f} {row['v2_graph_us']:>12.1f} "
+                  f"{row['numpy_over_v1']:>9.3f} {row['graph_over_v1']:>9.3f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "latents", "latent_dim": args.latent_dim, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

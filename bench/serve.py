@@ -1,9 +1,11 @@
 """Serving speed, every side measured in one run on this machine with one load generator (`hey`, Debian's package):
 
-- the in-process ceiling: draw latents + onnxruntime + PNG in a tight loop (``GeneratorRuntime.generate``), one
-  process and two 1-thread processes;
+- the in-process ceiling: seeds -> onnxruntime (latents drawn in the graph) -> PNG in a tight loop
+  (``GeneratorRuntime.generate``), one process and two 1-thread processes;
 - ganserve (`bentoml serve service.service:GANServe`) in each layout asked for, n = 1 and n = 16 at concurrency 1, 8
-  and 32, with the mean number of requests per onnxruntime run read from /metrics;
+  and 32, with the mean number of requests per onnxruntime run read from /metrics; /generate is a route of the ASGI
+  app BentoML mounts (the default), and, for the first layout, also BentoML's ``@bentoml.api`` route
+  (``GANSERVE_ROUTE=api``) doing the same work;
 - the naive peer a user would write instead (FastAPI + uvicorn + onnxruntime per request, bench/peers/naive_fastapi.py);
 - BentoML's floor: a no-op endpoint returning a constant PNG (bench/peers/noop_bento.py).
 
@@ -39,7 +41,7 @@ def _ceiling_worker(folder: str, seconds: float, n: int, threads: int, out: mp.Q
     runtime = GeneratorRuntime(Path(folder), threads=threads)
     done, seed, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        images = runtime.generate(np.arange(seed, seed + n))  # the service's path: latents, labels, the model
+        images = runtime.generate(np.arange(seed, seed + n)).images  # the service's path: the graph draws z too
         for image in images:  # one PNG per image, as /generate_batch encodes them
             encode_png(image)
         done, seed = done + n, seed + n
@@ -166,10 +168,15 @@ def main() -> None:
         Registry(home).import_model(args.model, promote_if_empty=True, force=True)  # speed needs no gate
         py = sys.executable
         bento = [py, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
+        layouts = args.layouts.split(",")
         sides = {
             f"ganserve {layout}": ([*bento, "service.service:GANServe"], {"GANSERVE_LAYOUT": layout})
-            for layout in args.layouts.split(",")
+            for layout in layouts
         }
+        sides[f"ganserve {layouts[0]} api"] = (
+            [*bento, "service.service:GANServe"],
+            {"GANSERVE_LAYOUT": layouts[0], "GANSERVE_ROUTE": "api"},
+        )
         sides["naive FastAPI"] = (
             [py, "-m", "uvicorn", "bench.peers.naive_fastapi:app", "--host", "127.0.0.1", "--log-level", "warning"],
             {},
@@ -204,6 +211,7 @@ def main() -> None:
         "n16_c32_vs_ceiling": by[(ours, 16, 32)]["images_per_s"] / result["ceiling_2proc_img_s"],
         "n1_c32_vs_floor": by[(ours, 1, 32)]["requests_per_s"] / by[("BentoML no-op floor", 1, 32)]["requests_per_s"],
         "n1_c32_vs_naive": by[(ours, 1, 32)]["requests_per_s"] / by[("naive FastAPI", 1, 32)]["requests_per_s"],
+        "n1_c32_asgi_vs_api_route": by[(ours, 1, 32)]["requests_per_s"] / by[(f"{ours} api", 1, 32)]["requests_per_s"],
     }
     print(json.dumps(result["targets"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

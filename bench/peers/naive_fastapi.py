@@ -15,7 +15,6 @@ from PIL import Image
 from pydantic import BaseModel
 
 from service.imaging import tile
-from service.latents import latents_for_seeds
 from service.manifest import read_manifest
 
 FOLDER = Path(os.environ.get("GANSERVE_MODEL_DIR", "models/default"))
@@ -33,9 +32,10 @@ class Body(BaseModel):
 @app.post("/generate")
 def generate(body: Body) -> Response:
     seeds = [body.seed + i for i in range(body.n)]
-    feeds = {"z": latents_for_seeds(seeds, manifest.latent_dim)}
+    # the exported graph draws its own latents: seeds in, images out
+    feeds = {"seeds": np.array(seeds, np.int64), "truncation": np.full(body.n, np.inf, np.float32)}
     if manifest.class_names:
-        feeds["labels"] = np.array([s % len(manifest.class_names) for s in seeds], dtype=np.int64)
+        feeds["labels"] = np.full(body.n, -1 if body.label is None else body.label, np.int64)
     images = session.run(["images"], feeds)[0]
     picture = images[0] if body.n == 1 else tile(images)
     buffer = io.BytesIO()
