@@ -9,12 +9,14 @@ model runs is the layout (``GANSERVE_LAYOUT``):
   every GANServe worker, one per core, holds its own session and merges its concurrent requests into one run
   (``service.batching``).
 
-Either way requests travel as seeds, and the latents are drawn in the thread that runs the model: the event loop
-only parses, routes and answers, so no request can stall the others or the health checks. Whoever holds the model
-follows the store's production pointer (``service.production``). Before any of it, ``service.guard`` refuses
-requests without the key, with bodies too large, too slow or not JSON, or beyond the concurrency limit, and
-``service.transport`` cuts off connections whose headers do not arrive in time. docs/HARDENING.md lists the
-attacks and faults this is built to withstand.
+Either way requests travel as seeds (``service.rows``), and the model's own graph draws the latents in the thread that
+runs it (``service.runtime``): the event loop only parses, routes and answers, so no request can stall the others or
+the health checks. /generate and /generate_batch are routes of the mounted ASGI app by default, which skips
+BentoML's input and output descriptors (``GANSERVE_ROUTE=api`` serves them through ``@bentoml.api``). Whoever
+holds the model follows the store's production pointer (``service.production``). Before any of it,
+``service.guard`` refuses requests without the key, with bodies too large, too slow or not JSON, or beyond the
+concurrency limit, and ``service.transport`` cuts off connections whose headers do not arrive in time.
+docs/HARDENING.md lists the attacks and faults this is built to withstand.
 """
 
 from __future__ import annotations
@@ -244,7 +246,7 @@ class GANServe:
         self.described = described
         return described
 
-    async def _images(self, body: dict[str, Any], endpoint: str) -> _Drawn:
+    async def _images(self, body: Any, endpoint: str) -> _Drawn:
         req = GenerateRequest.model_validate(body)
         info = await self._describe()
         classes = info["class_names"]
@@ -295,10 +297,12 @@ class GANServe:
 
         @app.post("/generate")
         async def generate(self, request: Request) -> Response:
+            """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
             return await _answering(request, self._png)
 
         @app.post("/generate_batch")
         async def generate_batch(self, request: Request) -> Response:
+            """The same images as /generate, each its own PNG, base64 in JSON with its seed and label."""
             return await _answering(request, self._batch)
 
     else:
