@@ -7,7 +7,7 @@ import pytest
 from conftest import Black, BlobGenerator, Replay, blob_dataset, tiny_config
 
 from service.latents import PROTOCOL, latents_for_seeds
-from service.manifest import ImageSpec, ManifestError, read_manifest
+from service.manifest import ImageSpec, Manifest, ManifestError, file_sha256, read_manifest, write_manifest
 from service.runtime import GeneratorRuntime
 from training.config import DataConfig
 from training.data import load_splits
@@ -72,6 +72,39 @@ def test_export_writes_a_checked_onnx_with_its_manifest(idx_dir, tmp_path):
 
     with pytest.raises(ExportError, match="exists and is not empty"):
         export_checkpoint(run, tmp_path / "model")
+
+
+def test_upgrade_puts_the_sampler_in_front_of_a_v1_model(tmp_path):
+    """A model exported before protocol v2 took z: upgrade re-exports it to take seeds, with the same weights."""
+    import contextlib
+    import io
+
+    import torch
+
+    from training.export import _Served, upgrade
+
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    z = torch.from_numpy(latents_for_seeds(range(2), LATENT))
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(_Served(BlobGenerator(), False).eval(), (z,), v1 / "generator.onnx", dynamo=True,
+                          input_names=["z"], output_names=["images", "finite"], external_data=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))  # fmt: skip
+    old = Manifest(
+        sha256=file_sha256(v1 / "generator.onnx"), latent_dim=LATENT, image=IMAGE, parity_levels=0,
+        inputs={"z": f"float32[N,{LATENT}]"}, latent_protocol="numpy-default_rng-standard_normal-float32/v1",
+    )  # fmt: skip
+    write_manifest(v1, old)
+    with pytest.raises(ManifestError, match="re-export it with `ganserve upgrade`"):
+        GeneratorRuntime(v1)
+
+    manifest = upgrade(v1, tmp_path / "v2")
+    assert manifest.latent_protocol == PROTOCOL and manifest.parity_levels <= 1 and manifest.gate is None
+    assert manifest.inputs == {"seeds": "int64[N]", "truncation": "float32[N]"}
+    drawn = GeneratorRuntime(tmp_path / "v2").generate([3, 4], truncation=0.5)
+    assert drawn.images.shape == (2, 28, 28, 1) and drawn.labels is None
+    with pytest.raises(ExportError, match="already takes seeds"):
+        upgrade(tmp_path / "v2", tmp_path / "again")
 
 
 def test_manifest_catches_a_swapped_onnx_file(world, tmp_path):

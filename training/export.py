@@ -74,8 +74,7 @@ def export_module(
     training: TrainingInfo | None = None,
 ) -> Manifest:
     """Export ``g`` (any module mapping z [, labels] to [-1, 1] images) into a new folder ``out_dir``."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ExportError(f"{out_dir} exists and is not empty; export into a new folder")
+    _check_new(out_dir)  # before the exporter's seconds of work
     g = g.eval()
     conditional = bool(class_names)
     served = _Served(g, conditional).eval()
@@ -104,7 +103,7 @@ def export_module(
         sha256="", latent_dim=latent_dim, image=image, class_names=list(class_names), inputs=_inputs(conditional),
         training=training, parity_levels=0,
     )  # fmt: skip
-    return _write(model, manifest, out_dir, reference)
+    return _write(model, manifest, out_dir, reference, against="PyTorch")
 
 
 def upgrade(source: Path, out_dir: Path) -> Manifest:
@@ -113,6 +112,7 @@ def upgrade(source: Path, out_dir: Path) -> Manifest:
     seeds draw other images now, so judge it again."""
     import onnxruntime as ort
 
+    _check_new(out_dir)
     old = read_manifest(source)
     if "seeds" in old.inputs:
         raise ExportError(f"{source} already takes seeds ({old.latent_protocol}); nothing to upgrade")
@@ -128,18 +128,21 @@ def upgrade(source: Path, out_dir: Path) -> Manifest:
     model = with_sampler(onnx.load(Path(source) / old.file), latent_dim=old.latent_dim, classes=classes)
     fresh = old.model_copy(update={"inputs": _inputs(bool(classes)), "gate": None, "latent_protocol": PROTOCOL,
                                    "created": datetime.now(timezone.utc)})  # fmt: skip
-    return _write(model, fresh, out_dir, reference)
+    return _write(model, fresh, out_dir, reference, against="the v1 graph")
+
+
+def _check_new(out_dir: Path) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} exists and is not empty; export into a new folder")
 
 
 def _inputs(conditional: bool) -> dict[str, str]:
     return {"seeds": "int64[N]", **({"labels": "int64[N]"} if conditional else {}), "truncation": "float32[N]"}
 
 
-def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference) -> Manifest:
+def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference, *, against: str) -> Manifest:
     """Check ``model``, write it with its manifest into a staging folder, measure parity through the serving
     runtime against ``reference(seeds, truncation)``, and move the folder into place whole, or write nothing."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ExportError(f"{out_dir} exists and is not empty; export into a new folder")
     onnx.checker.check_model(model, full_check=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
@@ -148,7 +151,7 @@ def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference)
         write_manifest(staging, manifest.model_copy(update={"sha256": file_sha256(onnx_path)}))
         worst = parity(GeneratorRuntime(staging, providers=["CPUExecutionProvider"]), reference)
         if worst > 1:
-            raise ExportError(f"ONNX output differs from PyTorch by {worst} levels (allowed: 1); nothing written")
+            raise ExportError(f"ONNX output differs from {against} by {worst} levels (allowed: 1); nothing written")
         manifest = read_manifest(staging).model_copy(update={"parity_levels": worst})
         write_manifest(staging, manifest)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
