@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import io
+import shutil
 import time
 
 import httpx
@@ -188,12 +189,15 @@ def test_a_body_that_is_not_json(server):
     assert r.status_code == 400 and "Invalid JSON" in r.text
 
 
-def test_the_bentoml_api_route_keeps_the_same_contract(home, server, layout):
+def test_the_bentoml_api_route_keeps_the_same_contract(home, server, layout, tmp_path):
     """GANSERVE_ROUTE=api serves /generate through @bentoml.api instead of the ASGI app's route: the same images,
     the same 4xx."""
     if layout != "inprocess":
         pytest.skip("one layout is enough: the route is the same code in both")
-    s = Server(home, GANSERVE_LAYOUT="inprocess", GANSERVE_ROUTE="api")
+    # A home of its own: two servers on one BENTOML_HOME share its Prometheus files, and the one that stops first
+    # takes the other's metrics with it.
+    shutil.copytree(home, tmp_path / "home")
+    s = Server(tmp_path / "home", GANSERVE_LAYOUT="inprocess", GANSERVE_ROUTE="api")
     try:
         r = httpx.post(f"{s.url}/generate", json={"n": 2, "seed": 7, "truncation": 0.5}, timeout=30)
         assert r.status_code == 200 and r.headers["x-seeds"] == "7,8"
