@@ -25,18 +25,22 @@ implementations of log, sqrt and erf may round differently in the last bits (doc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
     "CENTRE",
+    "CENTRE_LIMIT",
     "KEY",
     "MAX_SEED",
     "MAX_TRUNCATION",
     "MIN_TRUNCATION",
     "PROTOCOL",
     "TAIL",
+    "check_seeds",
+    "check_truncation",
     "labels_for_seeds",
     "latents_for_seeds",
     "squares32",
@@ -133,6 +137,4 @@ def _horner(coefficients: tuple[float, ...], x: np.ndarray) -> np.ndarray:
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    from math import erf
-
-    return np.array([erf(v) for v in x.tolist()], dtype=np.float32)
+    return np.array([math.erf(v) for v in x.tolist()], dtype=np.float32)  # one per row: numpy has no erf
