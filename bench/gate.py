@@ -31,7 +31,7 @@ from training.judging.gate import GateConfig, evaluate
 # (label, module file suffix, function name): where the gate spends its time
 STAGES = [
     ("self-test (evaluator's power)", "selftest.py", "run_selftest"),
-    ("draw samples (onnxruntime)", "gate.py", "sample"),
+    ("draw samples (onnxruntime, latents in the graph)", "runtime.py", "generate"),
     ("evaluator features", "evaluator.py", "__call__"),
     ("FID (+ bootstrap)", "metrics.py", "fid_bootstrap"),
     ("paired FID interval", "metrics.py", "fid_paired_difference"),
