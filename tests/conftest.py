@@ -170,6 +170,18 @@ class Noise(torch.nn.Module):
         return (0.5 * (1 + torch.erf(z[:, :784] / 2**0.5))).reshape(-1, 1, 28, 28) * 2 - 1
 
 
+class Tinted(BlobGenerator):
+    """The blob generator at 16x16 in colour: the square in ``tint`` on a grey background (unconditional)."""
+
+    def __init__(self, tint: tuple[float, float, float] = (1.0, 0.3, 0.1)) -> None:
+        super().__init__(size=16)
+        self.register_buffer("tint", torch.tensor(tint).view(1, 3, 1, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        gray = super().forward(z)
+        return torch.where(gray > 0, gray * self.tint, gray.expand(-1, 3, -1, -1))
+
+
 class LabelledBlobs(BlobGenerator):
     """The blob generator made class-conditional: the caller's label picks the square."""
 
@@ -262,9 +274,9 @@ def corrupt(folder: Path) -> None:
         fh.write(bytes([byte[0] ^ 0xFF]))
 
 
-def promote(home: Path, folder: Path) -> str:
-    """Make a hand-written model production, by hand: it has no gate report, so it takes --force."""
-    reg = Registry(home)
+def promote(home: Path, folder: Path, line: str = "default") -> str:
+    """Make a hand-written model production of ``line``, by hand: it has no gate report, so it takes --force."""
+    reg = Registry(home, line=line)
     entry = reg.add_candidate(folder, metadata={"decision": "not judged"})
     return reg.promote(entry.version, force=True).tag
 

@@ -11,6 +11,8 @@ import typer
 
 __all__ = ["app", "main"]
 
+LINE = typer.Option("default", "--line", "-l", help="the model line, e.g. fashion or emoji (service.lines)")
+
 app = typer.Typer(
     help="ganserve: train a GAN, gate it on quality, and serve its generator.",
     no_args_is_help=True,
@@ -115,6 +117,7 @@ def train_evaluator_cmd(
 def evaluate(
     model: Path = typer.Argument(..., help="an exported model folder"),
     against: str = typer.Option("production", "--against", help="'production', 'none', or a model folder"),
+    line: str = typer.Option(None, "--line", "-l", help="with --against production: this line's (default: default)"),
     evaluator: Path = typer.Option(
         None, "--evaluator", help="default: the one for the model's data (shipped, or under RUNS_DIR/evaluators)"
     ),
@@ -132,7 +135,7 @@ def evaluate(
 
     _setup_logging()
     with _errors():
-        production = _resolve_against(against)
+        production = _resolve_against(against, line)
         cfg = _validated(GateConfig, apply_overrides({}, overrides))
         data = load_config(config).data if config is not None else None
         report = run_gate(model, evaluator=evaluator, evaluators=runs_dir / "evaluators", production=production,
@@ -143,26 +146,26 @@ def evaluate(
 
 
 @app.command()
-def models() -> None:
-    """List the registry: candidates and promotions, newest last, with their gate figures."""
-    from training.registry import CANDIDATE_NAME, PRODUCTION_NAME
-
+def models(line: str = typer.Option(None, "--line", "-l", help="only this model line (default: every line)")) -> None:
+    """List the registry: each line's candidates and promotions, newest last, with their gate figures."""
     with _errors():
-        registry = _registry()
-        current = registry.production()
+        registry = _registry(line)
         rows = []
-        for name in (CANDIDATE_NAME, PRODUCTION_NAME):
-            for e in registry.entries(name):
-                stage = "candidate" if name == CANDIDATE_NAME else "production"
-                if current is not None and e.version == current.version:
-                    stage = "PRODUCTION (current)"
-                m = e.metadata
-                rows.append((e.tag, stage, e.created.strftime("%Y-%m-%d %H:%M"), m.get("decision", "-"),
-                             _num(m.get("fid")), _num(m.get("feature_judge_accuracy")), e.sha256[:12]))  # fmt: skip
+        for name in [line] if line else registry.lines():
+            registry = _registry(name)
+            current = registry.production()
+            for kind in (registry.candidates, registry.promotions):
+                for e in registry.entries(kind):
+                    stage = "candidate" if kind == registry.candidates else "production"
+                    if current is not None and e.version == current.version:
+                        stage = "PRODUCTION (current)"
+                    m = e.metadata
+                    rows.append((name, e.tag, stage, e.created.strftime("%Y-%m-%d %H:%M"), m.get("decision", "-"),
+                                 _num(m.get("fid")), _num(m.get("feature_judge_accuracy")), e.sha256[:12]))  # fmt: skip
     if not rows:
         typer.echo(f"no models in {registry.models_dir}; run ganserve retrain, or make serve to import the default")
         return
-    header = ("tag", "stage", "created", "gate", "FID", "judge acc", "sha256")
+    header = ("line", "tag", "stage", "created", "gate", "FID", "judge acc", "sha256")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
@@ -171,6 +174,7 @@ def models() -> None:
 @app.command("import")
 def import_cmd(
     folder: Path = typer.Argument(..., help="an exported model folder, e.g. models/default"),
+    line: str = LINE,
     promote_if_empty: bool = typer.Option(False, "--promote-if-empty", help="promote it if there is no production"),
     force: bool = typer.Option(
         False, "--force", help="with --promote-if-empty: promote it even without a passing report of this file"
@@ -180,7 +184,7 @@ def import_cmd(
 
     The ONNX file must match its manifest's sha256; the gate's decision counts only from a report that judged it."""
     with _errors():
-        registry = _registry()
+        registry = _registry(line)
         current = registry.production()
         if promote_if_empty and current is not None:
             typer.echo(f"production is {current.tag}; nothing imported")
@@ -193,27 +197,29 @@ def import_cmd(
 @app.command()
 def promote(
     version: str = typer.Argument(..., help="a candidate version (or name:version, or a unique prefix)"),
+    line: str = LINE,
     force: bool = typer.Option(False, "--force", help="promote even if the gate rejected or did not judge it"),
 ) -> None:
     """Make a candidate the production model (atomic; the service picks it up within seconds).
 
     Refused, even with --force, when its ONNX file does not match its manifest's sha256."""
     with _errors():
-        entry = _registry().promote(version, force=force)
+        entry = _registry(line).promote(version, force=force)
     typer.echo(f"promoted {entry.metadata.get('promoted_from')} as {entry.tag}")
 
 
 @app.command()
-def rollback() -> None:
-    """Return production to the promotion before the current one."""
+def rollback(line: str = LINE) -> None:
+    """Return the line's production to the promotion before the current one."""
     with _errors():
-        entry = _registry().rollback()
+        entry = _registry(line).rollback()
     typer.echo(f"production is now {entry.tag} ({entry.metadata.get('promoted_from')})")
 
 
 @app.command()
 def retrain(
     config: Path = typer.Option(Path("configs/default.yaml"), "--config", "-c"),
+    line: str = LINE,
     overrides: list[str] = typer.Option([], "--set", "-s"),
     evaluator: Path = typer.Option(
         None,
@@ -225,7 +231,7 @@ def retrain(
     gate_overrides: list[str] = typer.Option([], "--gate", help="gate settings, e.g. --gate samples=2000"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train, export, judge against production, store, and promote only when the gate passes.
+    """Train, export, judge against the line's production, store, and promote only when the gate passes.
 
     Exit status: 0 promoted, 3 rejected by the gate, 2 a user error (the message says what to fix), 1 a failure.
     Run it again after an interruption to resume."""
@@ -240,7 +246,7 @@ def retrain(
         with _errors(), logging_redirect_tqdm():
             cfg = load_config(config, overrides)
             gate = _validated(GateConfig, apply_overrides({}, gate_overrides))
-            registry = _registry()
+            registry = _registry(line)
             result = run_job(
                 cfg, evaluator=evaluator, runs_dir=runs_dir, registry=registry, gate=gate, progress=progress
             )
@@ -257,24 +263,25 @@ def retrain(
     raise typer.Exit(result.exit_code)
 
 
-def _registry():
-    """The registry in BentoML's home; GANSERVE_KEEP_RETIRED retired versions are kept (5 by default)."""
+def _registry(line: str | None = None):
+    """A line of the registry in BentoML's home; GANSERVE_KEEP_RETIRED retired versions are kept (5 by default)."""
     import os
 
+    from service.lines import DEFAULT_LINE
     from training.config import ConfigError
     from training.registry import KEEP_RETIRED, Registry
 
     keep = os.environ.get("GANSERVE_KEEP_RETIRED", str(KEEP_RETIRED))
     if not keep.isdigit():
         raise ConfigError(f"GANSERVE_KEEP_RETIRED={keep!r}: use a whole number of versions, 0 or more")
-    return Registry(keep_retired=int(keep))
+    return Registry(line=line or DEFAULT_LINE, keep_retired=int(keep))
 
 
-def _resolve_against(against: str) -> Path | None:
+def _resolve_against(against: str, line: str | None = None) -> Path | None:
     if against == "none":
         return None
     if against == "production":
-        current = _registry().production()
+        current = _registry(line).production()
         return current.path if current else None
     return Path(against)
 

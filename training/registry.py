@@ -1,8 +1,11 @@
-"""The model registry: BentoML's model store, with atomic promotion and rollback under a lock.
+"""The model registry: BentoML's model store, with atomic promotion and rollback under a lock, per model line.
 
-Every exported candidate is stored under ``ganserve-candidate`` with its manifest, gate report and grid. Promoting
-copies it into a new version of ``ganserve-generator``, whose ``latest`` pointer is production: the service and
-``bentoml build`` read ``ganserve-generator:latest``.
+A registry is one model line's (``service.lines``: ``default``, ``fashion``, ...). Every exported candidate is
+stored under the line's candidate name (``ganserve-candidate`` for the default line, ``ganserve-candidate.<line>``
+for the others) with its manifest, gate report and grid. Promoting copies it into a new version of the line's
+production name (``ganserve-generator[.<line>]``), whose ``latest`` pointer is the line's production: the service
+and ``bentoml build`` read it. Each line has its own lock, pointer and history: nothing done to one line touches
+another's.
 
 Why not plain ``bentoml.models.create``: it writes the version folder in place, so a crash mid-copy leaves a
 half-written version in the store. Here a version is built in a staging folder on the same file system, checked
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import GanserveError
+from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, production_name
 from service.manifest import Manifest, ManifestError, read_manifest
 
 __all__ = [
@@ -47,8 +51,8 @@ __all__ = [
     "verified_report",
 ]
 
-CANDIDATE_NAME = "ganserve-candidate"
-PRODUCTION_NAME = "ganserve-generator"
+CANDIDATE_NAME = candidate_name(DEFAULT_LINE)
+PRODUCTION_NAME = production_name(DEFAULT_LINE)
 MODEL_FILES = ("generator.onnx", "manifest.json", "report.json", "report.md", "grid.png")
 KEEP_RETIRED = 5
 
@@ -121,14 +125,17 @@ class Entry:
 
 
 class Registry:
-    """The store under ``home`` (BentoML's home, ``$BENTOML_HOME`` or ~/bentoml, by default)."""
+    """Model line ``line`` of the store under ``home`` (BentoML's home, ``$BENTOML_HOME`` or ~/bentoml, by
+    default)."""
 
-    def __init__(self, home: Path | None = None, *, keep_retired: int = KEEP_RETIRED) -> None:
+    def __init__(self, home: Path | None = None, *, line: str = DEFAULT_LINE, keep_retired: int = KEEP_RETIRED) -> None:
         from bentoml._internal.configuration.containers import BentoMLContainer
         from bentoml._internal.models.model import ModelStore
 
         if keep_retired < 0:
             raise RegistryError(f"keep_retired must be 0 or more, not {keep_retired}")
+        self.line = check_line(line)
+        self.candidates, self.promotions = candidate_name(line), production_name(line)
         self.keep_retired = keep_retired
         self.home = Path(home) if home is not None else Path(BentoMLContainer.bentoml_home.get())
         self.models_dir = self.home / "models"
@@ -137,6 +144,11 @@ class Registry:
         self._hook = None  # tests inject a failure between the steps of a promotion
 
     # --- reading ----------------------------------------------------------------------------------------------
+
+    def lines(self) -> list[str]:
+        """Every line with a candidate or a promotion in this store, the default line first."""
+        found = {line_of(p.name) for p in self.models_dir.iterdir() if p.is_dir()} - {None}
+        return sorted(found, key=lambda line: (line != DEFAULT_LINE, line))
 
     def entries(self, name: str) -> list[Entry]:
         """Versions of ``name``, oldest first; half-written folders (no model.yaml) are skipped."""
@@ -151,21 +163,25 @@ class Registry:
         return sorted(out, key=lambda e: e.created)
 
     def production(self) -> Entry | None:
-        """The version ``ganserve-generator:latest`` names, or None before the first promotion."""
-        latest = self.models_dir / PRODUCTION_NAME / "latest"
+        """The version the line's ``latest`` pointer names, or None before its first promotion."""
+        latest = self.models_dir / self.promotions / "latest"
         if not latest.is_file():
             return None
         from bentoml.exceptions import NotFound
 
         try:
-            return self._entry(self.store.get(f"{PRODUCTION_NAME}:{latest.read_text().strip()}"))
+            return self._entry(self.store.get(f"{self.promotions}:{latest.read_text().strip()}"))
         except NotFound:
             return None
 
     def get(self, version: str) -> Entry:
-        """A candidate or production version, by version, ``name:version`` or a unique version prefix."""
+        """A candidate or production version of this line, by version, ``name:version`` or a unique version
+        prefix."""
         name, _, ver = version.rpartition(":")
-        names = [name] if name else [CANDIDATE_NAME, PRODUCTION_NAME]
+        if name and name not in (self.candidates, self.promotions):
+            raise RegistryError(f"{version!r} is not a model of line {self.line!r}: its models are "
+                                f"{self.candidates} and {self.promotions}")  # fmt: skip
+        names = [name] if name else [self.candidates, self.promotions]
         found = [e for n in names for e in self.entries(n) if e.version.startswith(ver)]
         if len(found) != 1:
             known = ", ".join(e.tag for n in names for e in self.entries(n)) or "none"
@@ -176,7 +192,8 @@ class Registry:
 
     def add_candidate(self, folder: Path, *, metadata: dict[str, Any]) -> Entry:
         """Store an exported, evaluated model folder as a new candidate version."""
-        return self._commit(CANDIDATE_NAME, folder, labels={"stage": "candidate"}, metadata=metadata)
+        labels = {"stage": "candidate", "line": self.line}
+        return self._commit(self.candidates, folder, labels=labels, metadata=metadata)
 
     def import_model(self, folder: Path, *, promote_if_empty: bool = False, force: bool = False) -> Entry:
         """Store an exported model folder (e.g. the shipped ``models/default``) as a candidate, with the figures of
@@ -196,7 +213,7 @@ class Registry:
         """Make a candidate production. ``expected_production`` (a sha256, or None for "no production yet")
         refuses the promotion if production changed since the candidate was judged against it."""
         with self.lock():
-            candidate = self.get(version if ":" in version else f"{CANDIDATE_NAME}:{version}")
+            candidate = self.get(version if ":" in version else f"{self.candidates}:{version}")
             _, _, decision = verified_report(candidate.path)
             if decision != "pass" and not force:
                 raise RegistryError(
@@ -208,7 +225,8 @@ class Registry:
             self._retire_orphans()
             self._clean_staging()
             metadata = {**candidate.metadata, "decision": decision, "promoted_from": candidate.tag}
-            entry = self._commit(PRODUCTION_NAME, candidate.path, labels={"stage": "production"}, metadata=metadata)
+            labels = {"stage": "production", "line": self.line}
+            entry = self._commit(self.promotions, candidate.path, labels=labels, metadata=metadata)
             self._point_latest(entry.version)
             return entry
 
@@ -217,7 +235,7 @@ class Registry:
         with self.lock():
             self._retire_orphans()
             current = self.production()
-            history = self.entries(PRODUCTION_NAME)
+            history = self.entries(self.promotions)
             if current is None or len(history) < 2:
                 raise RegistryError("there is no earlier promotion to roll back to")
             previous = history[history.index(current) - 1]
@@ -228,8 +246,11 @@ class Registry:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """An exclusive, non-blocking lock on promotions; released when the process ends, however it ends."""
-        path = self.home / "ganserve-promotion.lock"
+        """An exclusive, non-blocking lock on the line's promotions; released when the process ends, however it
+        ends. One lock per line, so two lines promote at the same time."""
+        path = self.home / (
+            "ganserve-promotion.lock" if self.line == DEFAULT_LINE else f"ganserve-promotion.{self.line}.lock"
+        )
         with open(path, "a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -268,7 +289,7 @@ class Registry:
                 (self.models_dir / name).mkdir(exist_ok=True)
                 os.rename(staging_root / name / version, self.models_dir / name / version)  # atomic on one fs
                 self._step("renamed")
-                if name == CANDIDATE_NAME:
+                if name == self.candidates:
                     self._point_latest(version, name)
             finally:
                 shutil.rmtree(staging_root, ignore_errors=True)
@@ -298,7 +319,8 @@ class Registry:
                 for leftover in (self.home / "ganserve-staging").iterdir():
                     shutil.rmtree(leftover, ignore_errors=True)
 
-    def _point_latest(self, version: str, name: str = PRODUCTION_NAME) -> None:
+    def _point_latest(self, version: str, name: str | None = None) -> None:
+        name = name or self.promotions
         tmp = self.models_dir / name / f".latest.{uuid.uuid4().hex}"
         tmp.write_text(version)
         os.replace(tmp, self.models_dir / name / "latest")
@@ -307,7 +329,7 @@ class Registry:
         """Versions newer than ``latest`` (or any, before the first promotion): left by a promotion that crashed
         before moving ``latest``. Without this, BentoML would take the newest of them as ``latest`` one day."""
         current = self.production()
-        for entry in self.entries(PRODUCTION_NAME):
+        for entry in self.entries(self.promotions):
             if current is None or entry.created > current.created:
                 self._retire(entry)
 

@@ -1,6 +1,6 @@
 """The offline job: train, export, judge against production, store, and promote only what passes.
 
-The job keeps its place in ``<runs_dir>/retrain-<name>.json``; run again after an interruption, it resumes the
+The job keeps its place in ``<runs_dir>/retrain-<name>[.<line>].json``; run again after an interruption, it resumes the
 training run from its last checkpoint and skips the stages already done. A finished job (promoted or rejected)
 removes that file, so the next run starts a new training run.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from service.lines import DEFAULT_LINE
 from service.manifest import read_manifest, write_manifest
 from training.artifacts import new_run_dir
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -51,7 +52,8 @@ def retrain(
     progress: bool = True,
 ) -> RetrainResult:
     registry = registry or Registry()
-    state_path = runs_dir / f"retrain-{cfg.name}.json"
+    line = "" if registry.line == DEFAULT_LINE else f".{registry.line}"  # two lines may retrain one config at once
+    state_path = runs_dir / f"retrain-{cfg.name}{line}.json"
     if evaluator is None:  # the one for this data (shipped, or kept under runs_dir/evaluators by the data's key);
         # found or trained first, so a job whose data no evaluator can judge stops before it trains a generator
         evaluator = evaluator_for(cfg.data, store=runs_dir / "evaluators", progress=progress)
