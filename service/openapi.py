@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Batch", "Problem", "document"]
 
-PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+IMAGES = {media: BINARY for media in ("image/png", "image/webp", "image/jpeg")}
+ANIMATIONS = {media: BINARY for media in ("image/webp", "image/gif", "image/png")}
 
 
 class Problem(BaseModel):
@@ -22,7 +24,9 @@ class Problem(BaseModel):
 
     error: str
     detail: list[dict[str, Any]] | None = Field(None, description="per field, for a body that fails validation")
-    allowed: list[str] | None = Field(None, description="the labels, for an unknown label")
+    allowed: list[str] | dict[str, int] | None = Field(
+        None, description="the labels, models or formats allowed; a walk's limits"
+    )
     allowed_indices: list[int] | None = Field(None, description="the first and last label index")
 
 
@@ -30,11 +34,14 @@ class GeneratedImage(BaseModel):
     seed: int = Field(description="reproduces the image")
     label: str | None = Field(description="the class name, for a conditional model")
     label_index: int | None
-    png: str = Field(description="the PNG file, base64", json_schema_extra={"format": "byte"})
+    data: str = Field(description="the image file, base64", json_schema_extra={"format": "byte"})
 
 
 class Batch(BaseModel):
+    model: str = Field(description="the model line")
     model_version: str = Field(description="the first 12 hex digits of the model file's sha256")
+    format: str
+    media_type: str
     images: list[GeneratedImage]
 
 
@@ -52,11 +59,12 @@ class Info(BaseModel):
     limits: dict[str, Any]
 
 
-def document(request: type[BaseModel], *, api_key: bool, metrics_key: bool) -> dict[str, Any]:
-    """The document for this server: ``request`` is the body of both generate endpoints; ``api_key`` and
-    ``metrics_key`` say whether those keys are required (a document must not promise auth that is not enforced)."""
+def document(request: type[BaseModel], walk: type[BaseModel], *, api_key: bool, metrics_key: bool) -> dict[str, Any]:
+    """The document for this server: ``request`` is the body of both generate endpoints, ``walk`` that of
+    /interpolate; ``api_key`` and ``metrics_key`` say whether those keys are required (a document must not promise
+    auth that is not enforced)."""
     schemas = {m.__name__: _oas30(m.model_json_schema(ref_template="#/components/schemas/{model}"))
-               for m in (request, Problem, Batch, Info)}  # fmt: skip
+               for m in (request, walk, Problem, Batch, Info)}  # fmt: skip
     for model in list(schemas.values()):
         schemas.update(model.pop("$defs", {}))
     guarded = {"security": [{"bearer": []}]} if api_key else {}
@@ -69,20 +77,34 @@ def document(request: type[BaseModel], *, api_key: bool, metrics_key: bool) -> d
     seeds_headers = {
         "X-Seeds": {"description": "the image seeds, in grid order", "schema": {"type": "string"}},
         "X-Model-Version": {"description": "the model that drew the images", "schema": {"type": "string"}},
+        "X-Model": {"description": "the model line", "schema": {"type": "string"}},
     }
+    not_acceptable = {"406": _json("the Accept header takes none of the formats served", "Problem")}
     paths = {
         "/generate": {"post": {
-            "summary": "One PNG: the image for n = 1, a grid (row by row) for n > 1", **generate,
-            "responses": {"200": {"description": "the image or grid", "headers": seeds_headers, "content": PNG},
-                          **_problems(api_key, body=True)},
+            "summary": "One image file (png, webp or jpeg): the image for n = 1, a grid (row by row) for n > 1",
+            **generate,
+            "responses": {"200": {"description": "the image or grid", "headers": seeds_headers, "content": IMAGES},
+                          **_problems(api_key, body=True), **not_acceptable},
         }},
         "/generate_batch": {"post": {
-            "summary": "The same images as /generate, each its own PNG, with its seed and label", **generate,
+            "summary": "The same images as /generate, each its own file, with its seed and label", **generate,
             "responses": {"200": _json("the images", "Batch"), **_problems(api_key, body=True)},
         }},
+        "/interpolate": {"post": {
+            "summary": "A walk through the latents of key seeds: animated webp or gif, or one png strip",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(walk.__name__)}}},
+            **guarded,
+            "responses": {"200": {"description": "the walk", "headers": {**seeds_headers, "X-Frames": {
+                "description": "frames in the file", "schema": {"type": "string"}}}, "content": ANIMATIONS},
+                **_problems(api_key, body=True), **not_acceptable},
+        }},
         "/info": {"get": {
-            "summary": "The served model and the limits of this API", **guarded,
-            "responses": {"200": _json("the model and limits", "Info"), **_problems(api_key, body=False)},
+            "summary": "A model line, its promotions, every line served, and the limits of this API", **guarded,
+            "parameters": [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "the model line; else the default one"}],
+            "responses": {"200": _json("the model and limits", "Info"), **_problems(api_key, body=False),
+                          "400": _json("an unknown model line", "Problem")},
         }},
         "/ui": {"get": {"summary": "A page to draw images", "responses": {
             "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
@@ -106,7 +128,7 @@ def document(request: type[BaseModel], *, api_key: bool, metrics_key: bool) -> d
 
 def _problems(api_key: bool, *, body: bool) -> dict[str, Any]:
     statuses = {
-        "400": "the body is not valid: wrong type, out of range, unknown field or label",
+        "400": "the request is not valid: wrong type, out of range, unknown field, label or model",
         "401": "missing or wrong API key",
         "408": "the body did not arrive in time",
         "413": "the body is too large",

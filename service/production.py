@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from service.lines import DEFAULT_LINE, PRODUCTION_PREFIX, line_of, production_name
 from service.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
-from service.rows import pack_images, unpack_request
+from service.rows import pack_images, unpack_request, widen
 from service.runtime import GeneratorRuntime
 
-__all__ = ["NotReady", "Production"]
+__all__ = ["Lines", "NotReady", "Production", "history", "lines_in_store"]
 
 log = logging.getLogger("bentoml.ganserve")
 UNTIL_READY_SECONDS = 5.0  # how often a process with no model looks again, even when told not to follow promotions
@@ -100,14 +101,23 @@ class Production:
             raise NotReady(self._not_ready())
         return self._description
 
-    def draw(self, rows: np.ndarray) -> np.ndarray:
-        """Request rows (``service.rows``) -> image rows stamped with their labels and the version that drew them.
-        Blocking: call it off the event loop."""
-        runtime = self.runtime  # one model for the whole batch, even if a promotion lands meanwhile
-        if runtime is None:
-            raise NotReady(self._not_ready())
-        drawn = runtime.generate(*unpack_request(rows))
+    def draw(self, seeds: np.ndarray, labels: np.ndarray, truncations: np.ndarray) -> np.ndarray:
+        """Image rows (``service.rows``) stamped with their labels and the version that drew them. Blocking: call it
+        off the event loop."""
+        runtime = self._runtime()  # one model for the whole batch, even if a promotion lands meanwhile
+        drawn = runtime.generate(seeds, labels, truncations)
         return pack_images(drawn.images, drawn.labels, runtime.version)
+
+    def walk(self, keys: list[int], frames: int, labels: list[int], truncation: float | None, loop: bool) -> np.ndarray:
+        """The frames of a walk between key seeds (``GeneratorRuntime.interpolate``) as image rows. Blocking."""
+        runtime = self._runtime()
+        drawn = runtime.interpolate(keys, frames, labels=np.asarray(labels), truncation=truncation, loop=loop)
+        return pack_images(drawn.images, drawn.labels, runtime.version)
+
+    def _runtime(self) -> GeneratorRuntime:
+        if (runtime := self.runtime) is None:
+            raise NotReady(self._not_ready())
+        return runtime
 
     def _check_safely(self) -> None:
         try:
@@ -189,3 +199,77 @@ def _identity(folder: Path) -> tuple:
         except OSError:
             stats.append(None)
     return (folder, *stats)
+
+
+class Lines:
+    """The production of each served model line (``service.lines``), in the order of ``names``: request rows name
+    their line by its index there (``service.rows``)."""
+
+    def __init__(self, names: list[str], *, threads: int = 0, on_refusal: Callable[[str, bool], None] | None = None):
+        self.names = list(names)
+        self.productions = {
+            name: Production(f"{production_name(name)}:latest", threads=threads, on_refusal=on_refusal)
+            for name in self.names
+        }
+
+    @property
+    def ready(self) -> bool:
+        return all(p.ready for p in self.productions.values())
+
+    async def follow(self, every: float) -> None:
+        await asyncio.gather(*(p.follow(every) for p in self.productions.values()))
+
+    def describe(self, line: str, version: str | None = None) -> dict[str, Any]:
+        return {**self.productions[line].describe(version), "model": line}
+
+    def draw(self, rows: np.ndarray) -> np.ndarray:
+        """Request rows of any lines -> image rows, in the same order. Blocking."""
+        seeds, labels, truncations, lines = unpack_request(rows)
+        first = lines[0]
+        if (lines == first).all():  # every row of one line: the usual batch
+            return self.productions[self.names[first]].draw(seeds, labels, truncations)
+        parts = []
+        for index in np.unique(lines):
+            at = np.flatnonzero(lines == index)
+            parts.append((at, self.productions[self.names[index]].draw(seeds[at], labels[at], truncations[at])))
+        widest = max(part.shape[1] for _, part in parts)
+        out = np.empty((len(rows), widest), np.uint8)
+        for at, part in parts:
+            out[at] = widen(part, widest)
+        return out
+
+    def walk(self, line: str, *args: Any) -> np.ndarray:
+        return self.productions[line].walk(*args)
+
+
+def lines_in_store() -> list[str]:
+    """The lines with a production model in BentoML's store, the default line first."""
+    import bentoml
+
+    names = {m.tag.name for m in bentoml.models.list()}
+    found = {line_of(n) for n in names if n == PRODUCTION_PREFIX or n.startswith(PRODUCTION_PREFIX + ".")}
+    return sorted(found - {None}, key=lambda line: (line != DEFAULT_LINE, line))
+
+
+def history(line: str) -> list[dict[str, Any]]:
+    """The line's promotions still in the store, oldest first, with the gate figures recorded when each was
+    promoted; ``current`` marks production."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    name = production_name(line)
+    try:
+        models = sorted(bentoml.models.list(name), key=lambda m: m.creation_time)
+        current = bentoml.models.get(f"{name}:latest").tag.version
+    except NotFound:
+        return []
+    shown = []
+    for m in models:
+        meta = m.info.metadata
+        shown.append({
+            "version": m.tag.version, "model_version": str(meta.get("sha256", ""))[:12],
+            "created": m.creation_time.isoformat(timespec="seconds"), "decision": meta.get("decision"),
+            "fid": meta.get("fid"), "feature_judge_accuracy": meta.get("feature_judge_accuracy"),
+            "pixel_judge_accuracy": meta.get("pixel_judge_accuracy"), "current": m.tag.version == current,
+        })  # fmt: skip
+    return shown

@@ -4,18 +4,24 @@ The model's graph draws its own latents (``service.latents``, as ONNX nodes in f
 ``GeneratorRuntime.generate`` hands it seeds, labels and truncations and gets images back: the service in both
 layouts, the quality gate, export's parity check and the benchmarks all draw through it. No BentoML here, so the
 model path is testable alone; ``service.service`` wraps it in a BentoML service.
+
+Walks between seeds (``interpolate``) take the key latents from the same graph, bend the path between them
+(``service.latents.slerp``), and run the generator part of that graph alone on the frames' latents: the graph
+cut at ``z`` with onnx's extractor, built the first time a walk is asked for.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from service.latents import PROTOCOL, check_seeds, check_truncation
+from service.latents import PROTOCOL, check_seeds, check_truncation, interpolation_path, slerp
 from service.manifest import MODEL_NAME, Manifest, ManifestError, read_manifest
 from service.rows import VERSION_BYTES
 
@@ -47,11 +53,13 @@ class GeneratorRuntime:
                 f"{self.folder} draws its latents by {self.manifest.latent_protocol}, not {PROTOCOL}: "
                 "re-export it with `ganserve upgrade`"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
-        options.log_severity_level = 3  # a CUDA provider that cannot load says so below, once
+        self.options = ort.SessionOptions()
+        self.options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
+        self.options.log_severity_level = 3  # a CUDA provider that cannot load says so below, once
         path = str(self.folder / MODEL_NAME)
-        self.session = ort.InferenceSession(path, options, providers=providers or _providers(ort))
+        self.session = ort.InferenceSession(path, self.options, providers=providers or _providers(ort))
+        self._generator: ort.InferenceSession | None = None  # the graph after z, for walks; made when first asked
+        self._cutting = threading.Lock()
         self._check_contract()
         # onnxruntime-gpu lists CUDA as available even without a usable GPU and then silently runs on CPU:
         # what the session actually got is the truth.
@@ -80,6 +88,50 @@ class GeneratorRuntime:
         names = ["images"] + (["label"] if conditional else []) + (["finite"] if finite else [])
         out = dict(zip(names, self.session.run(names, feeds), strict=True))
         return Drawn(out["images"], out.get("label"), out.get("finite"))
+
+    def interpolate(
+        self,
+        keys: np.ndarray | list[int],
+        frames: int,
+        *,
+        labels: int | np.ndarray | None = None,
+        truncation: float | None = None,
+        loop: bool = False,
+    ) -> Drawn:
+        """The frames of a walk through the latents of the key seeds (``service.latents.interpolation_path``),
+        ``frames`` per segment. Labels: one, or one per key (-1 or None: by seed); a frame takes the class of the
+        nearer key, since a class cannot be interpolated. Every frame is a function of the request alone."""
+        keys = check_seeds(keys)
+        feeds = {"seeds": keys, "truncation": check_truncation(truncation, len(keys))}
+        conditional = self.manifest.conditional
+        if conditional:
+            feeds["labels"] = np.broadcast_to(np.asarray(-1 if labels is None else labels, np.int64), keys.shape)
+        out = self.session.run(["z", "label"] if conditional else ["z"], feeds)
+        a, b, t = interpolation_path(len(keys), frames, loop=loop)
+        walk = {"z": slerp(out[0][a], out[0][b], t)}
+        if conditional:
+            walk["label"] = np.where(t < 0.5, out[1][a], out[1][b])
+        (images,) = self._after_z().run(["images"], walk)
+        return Drawn(images, walk.get("label"))
+
+    def _after_z(self):
+        """The generator part of the graph: inputs z (and label), outputs images and finite."""
+        with self._cutting:
+            if self._generator is None:
+                import onnx
+                import onnxruntime as ort
+                from onnx.utils import Extractor
+
+                data = (self.folder / MODEL_NAME).read_bytes()
+                if hashlib.sha256(data).hexdigest() != self.manifest.sha256:  # changed since it was verified
+                    raise ManifestError(f"{self.folder / MODEL_NAME} no longer matches its manifest's sha256")
+                model = onnx.load_from_string(data)
+                inputs = ["z", "label"] if self.manifest.conditional else ["z"]
+                cut = Extractor(model).extract_model(inputs, ["images", "finite"])
+                self._generator = ort.InferenceSession(
+                    cut.SerializeToString(), self.options, providers=self.session.get_providers()
+                )
+            return self._generator
 
     def warm_up(self) -> None:
         """One run before the service says it is ready, so the first request does not pay for allocation."""

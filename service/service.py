@@ -1,19 +1,21 @@
 """ganserve's HTTP service: ``bentoml serve service.service:GANServe``.
 
-``GANServe`` is the HTTP entry: it validates, runs the model on the requested seeds and encodes PNGs. Where the
-model runs is the layout (``GANSERVE_LAYOUT``):
+``GANServe`` is the HTTP entry: it validates, runs the model on the requested seeds and encodes the images (PNG,
+WebP or JPEG, each with its provenance inside: ``service.formats``), or walks between seeds (/interpolate). It
+serves one or more model lines (``service.lines``), each following its own production pointer; a request names its
+line with ``model``. Where the models run is the layout (``GANSERVE_LAYOUT``):
 
-- ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime session; its batchable
+- ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime sessions; its batchable
   ``run`` lets BentoML merge the rows of concurrent requests into one onnxruntime run.
 - ``inprocess`` (the default on CPU, where the hop to another service costs ~5 ms a request, docs/BENCHMARKS.md):
-  every GANServe worker, one per core, holds its own session and merges its concurrent requests into one run
+  every GANServe worker, one per core, holds its own sessions and merges its concurrent requests into one run
   (``service.batching``).
 
 Either way requests travel as seeds (``service.rows``), and the model's own graph draws the latents in the thread that
 runs it (``service.runtime``): the event loop only parses, routes and answers, so no request can stall the others or
 the health checks. /generate and /generate_batch are routes of the mounted ASGI app by default, which skips
 BentoML's input and output descriptors (``GANSERVE_ROUTE=api`` serves them through ``@bentoml.api``). Whoever
-holds the model follows the store's production pointer (``service.production``). Before any of it,
+holds the models follows each line's production pointer (``service.production``). Before any of it,
 ``service.guard`` refuses requests without the key, with bodies too large, too slow or not JSON, or beyond the
 concurrency limit, and ``service.transport`` cuts off connections whose headers do not arrive in time.
 docs/HARDENING.md lists the attacks and faults this is built to withstand.
@@ -32,7 +34,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
@@ -45,10 +47,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service import openapi
 from service.batching import Batcher
+from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
 from service.guard import ClientErrorLog, Guard, what_is_wrong
-from service.imaging import encode_png, tile
+from service.imaging import tile
 from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION
-from service.production import NotReady, Production
+from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, production_name
+from service.production import Lines, NotReady, history, lines_in_store
 from service.rows import pack_request, unpack_images
 from service.runtime import nvidia_driver_present
 from service.settings import Settings
@@ -59,6 +63,8 @@ log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serv
 SETTINGS = Settings.from_env()
 MAX_BATCH = 256  # rows per onnxruntime run
 INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are written off the event loop (~0.2 ms)
+PILLOW_COST = 4  # WebP costs 2.6-4.5x, JPEG 0.9-1.5x our zlib PNG per image (bench/encode.py, docs/BENCHMARKS.md)
+MAX_KEYS, MAX_SEGMENT_FRAMES = 16, 120
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
 # killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
 NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
@@ -66,13 +72,16 @@ NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
 
 @dataclass(frozen=True)
 class _Drawn:
-    """A request's images with their seeds, label indices and names, and the version of the model that drew them."""
+    """A request's images with their seeds, label indices and names, and the line and version of the model that drew
+    them."""
 
     seeds: list[int]
     labels: list[int | None]
     names: list[str | None]
     images: np.ndarray  # uint8 N x H x W x C
+    line: str
     version: str
+    protocol: str
 
 
 class _Refused(Exception):
@@ -101,6 +110,44 @@ class GenerateRequest(BaseModel):
     label: Annotated[
         Annotated[int, Field(ge=0)] | str | None, Field(description="class name or index, for a conditional model")
     ] = None
+    model: Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")] = None
+    format: Annotated[
+        Literal["png", "webp", "jpeg"] | None,
+        Field(description="file format; else the Accept header's choice (/generate), else png"),
+    ] = None
+    quality: Annotated[
+        int | None, Field(ge=1, le=100, description="jpeg (default 90) and webp (default: lossless) only")
+    ] = None
+
+
+Label = Annotated[int, Field(ge=0)] | str
+
+
+class InterpolateRequest(BaseModel):
+    """Body of /interpolate: a walk through the latents of key seeds, as an animation or one PNG strip."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    seeds: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_SEED - 1)]],
+        Field(min_length=2, max_length=MAX_KEYS, description="key seeds, visited in order"),
+    ]
+    frames: Annotated[int, Field(ge=1, le=MAX_SEGMENT_FRAMES, description="frames from one key to the next")] = 16
+    loop: Annotated[bool, Field(description="walk back from the last key to the first")] = False
+    truncation: Annotated[
+        float | None, Field(ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False, description="as /generate")
+    ] = None
+    label: Annotated[
+        Label | list[Label] | None,
+        Field(description="class for every key, or one per key (a frame takes the nearer key's class)"),
+    ] = None
+    model: Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")] = None
+    format: Annotated[
+        Literal["webp", "gif", "png"] | None,
+        Field(description="animated webp or gif, or png: one strip of frames; else the Accept header's, else webp"),
+    ] = None
+    quality: Annotated[int | None, Field(ge=1, le=100, description="webp only (default: lossless)")] = None
+    duration_ms: Annotated[int, Field(ge=20, le=1000, description="each frame's time on screen")] = 80
 
 
 def _tame_garbage_collector() -> None:
@@ -135,45 +182,73 @@ def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
 
 
+def _lines() -> tuple[list[str], str]:
+    """The lines to serve (GANSERVE_MODELS, else every line with a production model in the store, else the default
+    line, which then waits for its first promotion) and the one a request without ``model`` gets."""
+    named = [check_line(n.strip()) for n in SETTINGS.models.split(",") if n.strip()]
+    lines = named or lines_in_store() or [DEFAULT_LINE]
+    default = SETTINGS.default_model or (DEFAULT_LINE if DEFAULT_LINE in lines else lines[0])
+    if default not in lines:
+        raise ValueError(f"bad ganserve setting: GANSERVE_DEFAULT_MODEL={default!r} is not served; lines: {lines}")
+    return lines, default
+
+
+def _pin_production_models(cls: type) -> type:
+    """Name each line's production model at class scope, where BentoML looks for the models to pack into a bento
+    (``bentoml build`` pins each to its version at build time)."""
+    for line in LINES:
+        setattr(cls, f"model_{line}", bentoml.models.BentoModel(f"{production_name(line)}:latest"))
+    return cls
+
+
 LAYOUT = _layout()
+LINES, DEFAULT_MODEL = _lines()
 WORKERS = SETTINGS.workers or (1 if LAYOUT == "batched" else (os.cpu_count() or 1))
 use_header_deadline(SETTINGS.receive_timeout)  # before uvicorn starts in this worker process
 
 
 @bentoml.service(workers=1, traffic={"timeout": SETTINGS.timeout}, runner_connection=NEVER_RECYCLE)
+@_pin_production_models
 class Generator:
-    """Owns the model in the batched layout; idle in the in-process one (it still pins the model into the bento)."""
-
-    model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    """Owns the models in the batched layout; idle in the in-process one (it still pins them into the bento)."""
 
     def __init__(self) -> None:
         batched = LAYOUT == "batched"
-        self.production = Production(SETTINGS.model_tag, on_refusal=_refusal_metric()) if batched else None
+        self.lines = Lines(LINES, on_refusal=_refusal_metric()) if batched else None
 
     async def __is_ready__(self) -> bool:
-        return self.production is None or self.production.ready
+        return self.lines is None or self.lines.ready
 
     @bentoml.on_startup
     async def _watch(self) -> None:
-        if self.production is not None:
-            self.watcher = asyncio.create_task(self.production.follow(SETTINGS.reload_seconds))
+        if self.lines is not None:
+            self.watcher = asyncio.create_task(self.lines.follow(SETTINGS.reload_seconds))
         _tame_garbage_collector()
 
     @bentoml.api
-    async def describe(self, version: str | None = None) -> dict[str, Any]:
-        """The model being served, or the one swapped out last when asked for its version; ``not_ready`` and why
-        when no model is loaded."""
+    async def describe(self, line: str, version: str | None = None) -> dict[str, Any]:
+        """The line's model being served, or the one swapped out last when asked for its version; ``not_ready``
+        and why when no model is loaded."""
         try:
-            return self.production.describe(version)
+            return self.lines.describe(line, version)
         except NotReady as err:
             return {"not_ready": str(err)}
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
     async def run(self, rows: np.ndarray) -> np.ndarray:
-        if not self.production.ready:
+        if not self.lines.ready:
             raise ServiceUnavailable("no verified model to serve yet")
         # onnxruntime releases the GIL: off the event loop, BentoML's dispatcher gathers the next batch meanwhile
-        return await asyncio.to_thread(self.production.draw, rows)
+        return await asyncio.to_thread(self.lines.draw, rows)
+
+    @bentoml.api
+    async def walk(
+        self, line: str, keys: list[int], frames: int, labels: list[int], truncation: float | None, loop: bool
+    ) -> np.ndarray:
+        try:
+            return await asyncio.to_thread(self.lines.walk, line, keys, frames, labels, truncation, loop)
+        except NotReady as err:
+            raise ServiceUnavailable(str(err)) from None
 
 
 app = FastAPI(title="ganserve pages", openapi_url=None, docs_url=None, redoc_url=None)  # bound to GANServe below
@@ -183,37 +258,40 @@ app = FastAPI(title="ganserve pages", openapi_url=None, docs_url=None, redoc_url
 @bentoml.service(workers=WORKERS, traffic={"timeout": SETTINGS.timeout})
 @bentoml.asgi_app(app, path="/")
 class GANServe:
-    """The HTTP entry: POST /generate (PNG), POST /generate_batch (JSON), GET /info, GET /ui, GET /docs.json."""
+    """The HTTP entry: POST /generate (an image file), POST /generate_batch (JSON), POST /interpolate (an animation),
+    GET /info, GET /ui, GET /docs.json."""
 
     generator = bentoml.depends(Generator)
 
     def __init__(self) -> None:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLog())
-        self.described: dict[str, Any] | None = None
+        self.described: dict[str, dict[str, Any]] = {}  # by line
         self.images_total = bentoml.metrics.Counter(
-            name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint"]
+            name="ganserve_images_generated", documentation="images generated", labelnames=["endpoint", "model"]
         )
         self.model_info = bentoml.metrics.Gauge(
-            name="ganserve_model_info", documentation="1 for the model version being served", labelnames=["version"]
-        )
+            name="ganserve_model_info", documentation="1 for each line's model version being served",
+            labelnames=["model", "version"],
+        )  # fmt: skip
         self.batch_requests = bentoml.metrics.Histogram(
             name="ganserve_batch_requests",
             documentation="requests merged into one onnxruntime run (in-process layout)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
         )
-        self.local: Production | None = None
+        self.local: Lines | None = None
         self.batcher: Batcher | None = None
         if LAYOUT == "inprocess":
             # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
             # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
             threads = max(1, (os.cpu_count() or 1) // WORKERS)
-            self.local = Production(SETTINGS.model_tag, threads=threads, on_refusal=_refusal_metric())
+            self.local = Lines(LINES, threads=threads, on_refusal=_refusal_metric())
             self.batcher = Batcher(
                 self.local.draw, max_rows=MAX_BATCH, on_batch=lambda requests, _: self.batch_requests.observe(requests)
             )
         self.docs = openapi.document(
-            GenerateRequest, api_key=SETTINGS.api_key is not None, metrics_key=SETTINGS.metrics_secret is not None
-        )
+            GenerateRequest, InterpolateRequest, api_key=SETTINGS.api_key is not None,
+            metrics_key=SETTINGS.metrics_secret is not None,
+        )  # fmt: skip
 
     async def __is_ready__(self) -> bool:
         return self.local is None or self.local.ready  # batched: BentoML's probe asks the Generator too
@@ -224,71 +302,137 @@ class GANServe:
             self.watcher = asyncio.create_task(self.local.follow(SETTINGS.reload_seconds))
         _tame_garbage_collector()
 
-    async def _describe(self, version: str | None = None, *, fresh: bool = False) -> dict[str, Any]:
-        """The model that drew ``version`` (the one being served when None); 503 when no model is loaded."""
+    async def _describe(self, line: str, version: str | None = None, *, fresh: bool = False) -> dict[str, Any]:
+        """The line's model that drew ``version`` (the one being served when None); 503 when none is loaded."""
+        cached = self.described.get(line)
         if self.local is not None:
             try:
-                described = self.local.describe(version)
+                described = self.local.describe(line, version)
             except NotReady as err:
-                raise _Refused(503, {"error": str(err)}) from None
-        elif fresh or self.described is None or (version is not None and version != self.described["version"]):
-            described = await self.generator.describe(version=version)
+                raise _Refused(503, {"error": f"model {line}: {err}"}) from None
+        elif fresh or cached is None or (version is not None and version != cached["version"]):
+            described = await self.generator.describe(line=line, version=version)
             if "not_ready" in described:
-                raise _Refused(503, {"error": described["not_ready"]})
+                raise _Refused(503, {"error": f"model {line}: {described['not_ready']}"})
         else:
-            return self.described
+            return cached
         if described.get("retired"):
             return described  # images drawn just before a swap: the shape and labels they have; not cached
-        if self.described is None or described["version"] != self.described["version"]:
-            if self.described is not None:
-                self.model_info.labels(version=self.described["version"]).set(0)
-            self.model_info.labels(version=described["version"]).set(1)
-        self.described = described
+        if cached is None or described["version"] != cached["version"]:
+            if cached is not None:
+                self.model_info.labels(model=line, version=cached["version"]).set(0)
+            self.model_info.labels(model=line, version=described["version"]).set(1)
+        self.described[line] = described
         return described
 
-    async def _images(self, body: Any, endpoint: str) -> _Drawn:
-        req = GenerateRequest.model_validate(body)
-        info = await self._describe()
-        classes = info["class_names"]
-        label = _label_index(req.label, classes)
+    async def _images(self, req: GenerateRequest, endpoint: str) -> _Drawn:
+        line = _line(req.model)
+        info = await self._describe(line)
+        label = _label_index(req.label, info["class_names"])
         first = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
         seeds = [(first + i) % MAX_SEED for i in range(req.n)]
-        rows = pack_request(seeds, label, req.truncation)
+        rows = pack_request(seeds, label, req.truncation, LINES.index(line))
         try:
             out = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
         except ServiceUnavailable:  # batched: the Generator has no model (restarted beside a bad file), or is full
             raise _Refused(503, {"error": "the model service cannot take this request now; try again"}) from None
         drawn = unpack_images(out)
-        if drawn.version != info["version"]:  # a promotion landed: the images say which model drew them
-            info = await self._describe(drawn.version)
-        image, classes = info["image"], info["class_names"]
+        info = await self._drew(line, info, drawn.version)
         # Labels as the model that drew the images chose them: across a promotion to an unconditional model, none.
         indices = drawn.labels or [None] * req.n
-        names = [None if i is None else classes[i] for i in indices]
-        self.images_total.labels(endpoint=endpoint).inc(req.n)
-        images = drawn.pixels.reshape(req.n, image["height"], image["width"], image["channels"])
-        return _Drawn(seeds, indices, names, images, drawn.version)
+        names = [None if i is None else info["class_names"][i] for i in indices]
+        self.images_total.labels(endpoint=endpoint, model=line).inc(req.n)
+        return _Drawn(seeds, indices, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"])
 
-    async def _png(self, body: Any) -> Response:
-        """/generate's answer: one PNG, the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
-        drawn = await self._images(body, "generate")
+    async def _drew(self, line: str, info: dict[str, Any], version: str) -> dict[str, Any]:
+        """The description of the model that drew images stamped ``version``: a promotion may have landed."""
+        return info if version == info["version"] else await self._describe(line, version)
+
+    async def _file(self, body: Any, accept: str | None) -> Response:
+        """/generate's answer: one file, the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+        req = GenerateRequest.model_validate(body)
+        fmt = _format(req.format, req.quality, accept, FORMATS, "png")
+        drawn = await self._images(req, "generate")
         images = drawn.images
-        png = await _cpu(images.nbytes, lambda: encode_png(images[0] if len(images) == 1 else tile(images)))
-        headers = {"X-Seeds": ",".join(map(str, drawn.seeds)), "X-Model-Version": drawn.version}
-        return Response(png, media_type="image/png", headers=headers)
+        request = _reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=len(images))
+        mark = _provenance(drawn, "/generate", request, range(len(images)), req.truncation)
+        data = await _cpu(_cost(images, fmt), lambda: encode_image(
+            images[0] if len(images) == 1 else tile(images), fmt, quality=req.quality, provenance=mark
+        ))  # fmt: skip
+        headers = {"X-Seeds": ",".join(map(str, drawn.seeds)), "X-Model-Version": drawn.version, "X-Model": drawn.line}
+        return Response(data, media_type=FORMATS[fmt], headers=headers)
 
     async def _batch(self, body: Any) -> dict[str, Any]:
-        """/generate_batch's answer: the same images, each its own PNG, base64 in JSON with its seed and label."""
-        drawn = await self._images(body, "generate_batch")
-        images = drawn.images
-        pngs = await _cpu(images.nbytes, lambda: [base64.b64encode(encode_png(i)).decode() for i in images])
+        """/generate_batch's answer: the same images, each its own file, base64 in JSON with its seed and label."""
+        req = GenerateRequest.model_validate(body)
+        fmt = _format(req.format, req.quality, None, FORMATS, "png")
+        drawn = await self._images(req, "generate_batch")
+        marks = [
+            _provenance(drawn, "/generate", _reproducing(req, drawn, fmt, seed=s, n=1), [i], req.truncation)
+            for i, s in enumerate(drawn.seeds)
+        ]
+
+        def encode() -> list[str]:
+            return [
+                base64.b64encode(encode_image(image, fmt, quality=req.quality, provenance=mark)).decode()
+                for image, mark in zip(drawn.images, marks, strict=True)
+            ]
+
+        files = await _cpu(_cost(drawn.images, fmt), encode)
         return {
+            "model": drawn.line,
             "model_version": drawn.version,
+            "format": fmt,
+            "media_type": FORMATS[fmt],
             "images": [
-                {"seed": s, "label": name, "label_index": i, "png": png}
-                for s, i, name, png in zip(drawn.seeds, drawn.labels, drawn.names, pngs, strict=True)
+                {"seed": s, "label": name, "label_index": i, "data": data}
+                for s, i, name, data in zip(drawn.seeds, drawn.labels, drawn.names, files, strict=True)
             ],
         }
+
+    async def _walk(self, body: Any, accept: str | None) -> Response:
+        """/interpolate's answer: the frames of a walk between key seeds, in one file."""
+        req = InterpolateRequest.model_validate(body)
+        fmt = _format(req.format, req.quality, accept, ANIMATIONS, "webp", lossy=("webp",))
+        line = _line(req.model)
+        info = await self._describe(line)
+        keys = req.seeds
+        labels = req.label if isinstance(req.label, list) else [req.label] * len(keys)
+        if len(labels) != len(keys):
+            raise _Refused(400, {"error": f"{len(labels)} labels for {len(keys)} key seeds: give one, or one per key"})
+        indices = [-1 if label is None else _label_index(label, info["class_names"]) for label in labels]
+        frames = req.frames * (len(keys) if req.loop else len(keys) - 1) + (0 if req.loop else 1)
+        image = info["image"]
+        size = frames * image["height"] * image["width"] * image["channels"]
+        if frames > SETTINGS.max_frames or size > SETTINGS.max_walk_bytes:
+            raise _Refused(400, {
+                "error": f"a walk of {frames} frames of {image['height']}x{image['width']}x{image['channels']} "
+                f"({size} bytes) is past this server's limits: at most {SETTINGS.max_frames} frames and "
+                f"{SETTINGS.max_walk_bytes} bytes of pixels; use fewer keys or frames",
+                "allowed": {"max_frames": SETTINGS.max_frames, "max_walk_bytes": SETTINGS.max_walk_bytes},
+            })  # fmt: skip
+        args = (line, keys, req.frames, indices, req.truncation, req.loop)
+        try:
+            if self.local is not None:
+                out = await asyncio.to_thread(self.local.walk, *args)
+            else:
+                out = await self.generator.to_async.walk(*args)
+        except (NotReady, ServiceUnavailable) as err:
+            raise _Refused(503, {"error": f"model {line} cannot take this request now: {err}"}) from None
+        drawn = unpack_images(out)
+        info = await self._drew(line, info, drawn.version)
+        self.images_total.labels(endpoint="interpolate", model=line).inc(frames)
+        classes = info["class_names"]
+        walked = _Drawn(keys, indices, [None if i < 0 or not classes else classes[i] for i in indices],
+                        _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"])  # fmt: skip
+        request = req.model_copy(update={"model": line, "format": fmt}).model_dump(exclude_none=True)
+        mark = {**_provenance(walked, "/interpolate", request, range(len(keys)), req.truncation), "frames": frames}
+        data = await asyncio.to_thread(
+            encode_animation, walked.images, fmt, duration_ms=req.duration_ms, quality=req.quality, provenance=mark
+        )
+        headers = {"X-Seeds": ",".join(map(str, keys)), "X-Model-Version": drawn.version, "X-Model": line,
+                   "X-Frames": str(frames)}  # fmt: skip
+        return Response(data, media_type=ANIMATIONS[fmt], headers=headers)
 
     if SETTINGS.route == "asgi":
         # Routes of the mounted ASGI app: BentoML's middleware (metrics, tracing, access log) and the guard still
@@ -297,35 +441,40 @@ class GANServe:
 
         @app.post("/generate")
         async def generate(self, request: Request) -> Response:
-            """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
-            return await _answering(request, self._png)
+            """One image file: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+            return await _answering(request, lambda body: self._file(body, request.headers.get("accept")))
 
         @app.post("/generate_batch")
         async def generate_batch(self, request: Request) -> Response:
-            """The same images as /generate, each its own PNG, base64 in JSON with its seed and label."""
+            """The same images as /generate, each its own file, base64 in JSON with its seed and label."""
             return await _answering(request, self._batch)
 
     else:
 
         @bentoml.api(route="/generate", input_spec=GenerateRequest)
         async def generate(self, ctx: bentoml.Context, **body: Any) -> Annotated[bytes, ContentType("image/png")]:
-            """One PNG: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+            """One image file: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
             try:
-                return await self._png(body)
+                return await self._file(body, ctx.request.headers.get("accept"))
             except _Refused as refused:
                 return _problem(ctx, refused)
 
         @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
         async def generate_batch(self, ctx: bentoml.Context, **body: Any) -> dict[str, Any]:
-            """The same images as /generate, each its own PNG, base64 in JSON with its seed and label."""
+            """The same images as /generate, each its own file, base64 in JSON with its seed and label."""
             try:
                 return await self._batch(body)
             except _Refused as refused:
                 return _problem(ctx, refused)
 
+    @app.post("/interpolate")
+    async def interpolate(self, request: Request) -> Response:
+        """A walk through the latents of 2 to 16 key seeds: an animated WebP (or GIF), or one PNG strip of frames."""
+        return await _answering(request, lambda body: self._walk(body, request.headers.get("accept")))
+
     @app.get("/ui")
     async def page(self) -> HTMLResponse:
-        """A page to draw images, pick n, seed, label and truncation, and click an image for its seed."""
+        """A page to draw images and walks from each line, with its gate report and history."""
         return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
 
     @app.get("/docs.json")
@@ -334,13 +483,25 @@ class GANServe:
         return JSONResponse(self.docs)
 
     @app.get("/info")
-    async def info(self) -> JSONResponse:
-        """The served model, any production version this server refused, and the limits of this API."""
+    async def info(self, model: str | None = None) -> JSONResponse:
+        """A line's model (``?model=``, else the default line's), any production version this server refused, its
+        promotions with their gate figures, every line served, and the limits of this API."""
         try:
-            d = await self._describe(fresh=True)
+            line = _line(model)
+            d = await self._describe(line, fresh=True)
         except _Refused as refused:
             return JSONResponse(refused.body, status_code=refused.status)
+        models = {}
+        for other in LINES:
+            try:
+                o = d if other == line else await self._describe(other, fresh=True)
+                models[other] = {k: o.get(k) for k in ("version", "image", "class_names", "gate")}
+                models[other]["model_version"] = models[other].pop("version")
+            except _Refused as refused:
+                models[other] = {"not_ready": refused.body["error"]}
         return JSONResponse({
+            "model": line,
+            "default_model": DEFAULT_MODEL,
             "model_version": d["version"],
             "provider": d["provider"],
             "image": d["image"],
@@ -349,23 +510,95 @@ class GANServe:
             "class_names": d["class_names"],
             "gate": d.get("gate"),
             "refused": d["refused"],
+            "history": await asyncio.to_thread(history, line),
+            "models": models,
             "limits": {"n": [1, SETTINGS.max_n], "seed": [0, MAX_SEED - 1],
                        "truncation": f"{MIN_TRUNCATION} <= t <= {MAX_TRUNCATION:g}",
-                       "max_concurrency": SETTINGS.max_concurrency, "auth": SETTINGS.api_key is not None},
+                       "max_concurrency": SETTINGS.max_concurrency, "auth": SETTINGS.api_key is not None,
+                       "formats": list(FORMATS),
+                       "interpolate": {"keys": [2, MAX_KEYS], "frames": [1, MAX_SEGMENT_FRAMES],
+                                       "formats": list(ANIMATIONS), "max_frames": SETTINGS.max_frames,
+                                       "max_bytes": SETTINGS.max_walk_bytes}},
         })  # fmt: skip
 
 
 GANServe.add_asgi_middleware(
     Guard,
     keys={
-        **dict.fromkeys(("/generate", "/generate_batch", "/info"), _secret(SETTINGS.api_key)),
+        **dict.fromkeys(("/generate", "/generate_batch", "/interpolate", "/info"), _secret(SETTINGS.api_key)),
         "/metrics": _secret(SETTINGS.metrics_secret),
     },
-    json_paths=frozenset({"/generate", "/generate_batch"}),
+    json_paths=frozenset({"/generate", "/generate_batch", "/interpolate"}),
     max_body=SETTINGS.max_body,
     receive_timeout=SETTINGS.receive_timeout,
     slots=math.ceil(SETTINGS.max_concurrency / WORKERS),  # per worker, as BentoML divides its own limit
 )
+
+
+def _line(model: str | None) -> str:
+    if model is None:
+        return DEFAULT_MODEL
+    if model not in LINES:
+        raise _Refused(400, {"error": f"unknown model {model!r}", "allowed": LINES})
+    return model
+
+
+def _format(
+    fmt: str | None,
+    quality: int | None,
+    accept: str | None,
+    offered: dict[str, str],
+    default: str,
+    lossy: tuple[str, ...] = ("jpeg", "webp"),
+) -> str:
+    """The format asked for in the body, else the one the Accept header prefers, else ``default``; a quality only
+    for the ``lossy`` ones."""
+    if fmt is None:
+        fmt = negotiate(accept, offered, default)
+        if fmt is None:
+            why = f"Accept: {accept[:200]} takes none of the formats served here; send one of these, or name a format"
+            raise _Refused(406, {"error": why, "allowed": list(offered.values())})
+    if quality is not None and fmt not in lossy:
+        raise _Refused(400, {"error": f"quality applies to {' and '.join(lossy)}, not {fmt}", "allowed": list(lossy)})
+    return fmt
+
+
+def _shaped(pixels: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """Image rows (perhaps padded, ``service.rows``) -> uint8 N x H x W x C."""
+    h, w, c = info["image"]["height"], info["image"]["width"], info["image"]["channels"]
+    return pixels[:, : h * w * c].reshape(len(pixels), h, w, c)
+
+
+def _reproducing(req: GenerateRequest, drawn: _Drawn, fmt: str, *, seed: int, n: int) -> dict[str, Any]:
+    """The /generate body that draws this file again: its seed, line and format written out."""
+    asked = req.model_dump(exclude_none=True, exclude={"seed", "n", "model", "format"})
+    if "label" in asked and drawn.names[0] is not None:
+        asked["label"] = drawn.names[0]  # by name: a class index can mean another class in a later model
+    return {"n": n, "seed": seed, **asked, "model": drawn.line, "format": fmt}
+
+
+def _provenance(
+    drawn: _Drawn, endpoint: str, request: dict[str, Any], which: Any, truncation: float | None
+) -> dict[str, Any]:
+    """What drew a file, written inside it (``service.formats``): ``ganserve-client inspect`` reads it and
+    ``--reproduce`` posts ``request`` to ``endpoint`` again."""
+    seeds = [drawn.seeds[i] for i in which]
+    names = [drawn.names[i] for i in which]
+    one = len(seeds) == 1 and endpoint == "/generate"
+    return {
+        "ganserve": 1,
+        "model": drawn.line,
+        "model_version": drawn.version,
+        "latent_protocol": drawn.protocol,
+        **({"seed": seeds[0], "label": names[0]} if one else {"seeds": seeds, "label": names}),
+        "truncation": truncation,
+        "endpoint": endpoint,
+        "request": request,
+    }
+
+
+def _cost(images: np.ndarray, fmt: str) -> int:
+    return images.nbytes * (1 if fmt == "png" else PILLOW_COST)
 
 
 def _label_index(label: int | str | None, classes: list[str]) -> int | None:

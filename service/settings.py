@@ -18,13 +18,20 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    model_tag: str = Field("ganserve-generator:latest", description="the model; name:latest follows promotions")
+    models: str = Field(
+        "", description="model lines to serve, comma-separated (service.lines); empty: every line with a production"
+    )
+    default_model: str = Field("", description="the line a request without `model` gets; empty: default, or the first")
     layout: Literal["auto", "batched", "inprocess"] = Field("auto", description="auto: batched with an NVIDIA GPU")
     workers: int = Field(0, ge=0, description="HTTP workers; 0: one per core in process, 1 batched")
     route: Literal["asgi", "api"] = Field(
         "asgi", description="/generate as a route of the mounted ASGI app (faster, docs/BENCHMARKS.md) or @bentoml.api"
     )
     max_n: int = Field(64, ge=1, le=1024, description="images per request")
+    max_frames: int = Field(1024, ge=2, le=100_000, description="frames of one /interpolate walk")
+    max_walk_bytes: int = Field(
+        8 * 2**20, ge=2**16, description="frames x height x width x channels of one walk, before encoding"
+    )
     max_concurrency: int = Field(256, ge=1, description="requests being served at once, bodies received; then 429")
     max_body: int = Field(4096, ge=256, description="bytes of a request body, however it is sent; then 413")
     timeout: float = Field(30.0, gt=0, description="seconds a request may take in all; then 504")

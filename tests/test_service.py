@@ -9,7 +9,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import CLASSES, BlobGenerator, LabelledBlobs, Server, promote
+from conftest import CLASSES, BlobGenerator, LabelledBlobs, Server, Tinted, promote
 from PIL import Image
 
 from service.imaging import grid_shape, tile
@@ -19,6 +19,7 @@ from service.runtime import GeneratorRuntime
 from training.export import export_module
 
 IMAGE = ImageSpec(height=28, width=28, channels=1)
+TINTED = ImageSpec(height=16, width=16, channels=3)
 pytestmark = pytest.mark.slow
 
 
@@ -32,7 +33,10 @@ def home(layout, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"serve-{layout}")
     export_module(LabelledBlobs(), root / "conditional", latent_dim=800, image=IMAGE, class_names=CLASSES)
     export_module(BlobGenerator(square=120), root / "plain", latent_dim=800, image=IMAGE)
+    export_module(Tinted(), root / "tinted", latent_dim=300, image=TINTED)
+    export_module(Tinted((0.1, 0.4, 1.0)), root / "tinted-blue", latent_dim=300, image=TINTED)
     promote(root, root / "conditional")
+    promote(root, root / "tinted", line="tinted")  # a second line: RGB, another size, unconditional
     return root
 
 
@@ -71,7 +75,7 @@ def test_an_image_seed_gives_the_same_pixels_in_any_request(server):
     np.testing.assert_array_equal(singles[3][..., 0], alone)
     batch = post(server, "/generate_batch", n=4, seed=7, label=2).json()
     assert [i["seed"] for i in batch["images"]] == [7, 8, 9, 10] and batch["images"][0]["label"] == "lower"
-    np.testing.assert_array_equal(png(base64.b64decode(batch["images"][3]["png"])), alone)
+    np.testing.assert_array_equal(png(base64.b64decode(batch["images"][3]["data"])), alone)
 
     async def concurrently() -> list[bytes]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -219,10 +223,152 @@ def test_info_health_metrics_and_openapi(server):
     assert httpx.get(f"{server.url}/livez").status_code == 200
     post(server, n=3)
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'ganserve_images_generated_total{endpoint="generate"}' in metrics
+    assert 'ganserve_images_generated_total{endpoint="generate",model="default"}' in metrics
     assert f'version="{info["model_version"]}"' in metrics
     assert "/generate" in httpx.get(f"{server.url}/docs.json").json()["paths"]
     assert "<title>ganserve</title>" in httpx.get(f"{server.url}/ui").text
+
+
+def test_two_lines_are_served_side_by_side(server):
+    """Requests name their line; in one merged run (batched layout) images of two sizes come back unmixed."""
+    info = httpx.get(f"{server.url}/info").json()
+    assert info["model"] == info["default_model"] == "default" and set(info["models"]) == {"default", "tinted"}
+    tinted = httpx.get(f"{server.url}/info", params={"model": "tinted"}).json()
+    assert (
+        tinted["image"] == {**TINTED.model_dump(), "dtype": "uint8", "layout": "NHWC"} and tinted["class_names"] == []
+    )
+    assert [h["current"] for h in tinted["history"]] == [True] and tinted["history"][0]["decision"] == "not judged"
+    alone = {line: png(post(server, seed=5, model=line).content) for line in ("default", "tinted")}
+    assert alone["tinted"].shape == (16, 16, 3) and alone["default"].shape == (28, 28)
+
+    async def mixed() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            lines = ("default", "tinted")
+            return await asyncio.gather(*(client.post("/generate", json={"n": 1, "seed": 5, "model": lines[i % 2]})
+                                          for i in range(32)))  # fmt: skip
+
+    for i, r in enumerate(asyncio.run(mixed())):
+        line = ("default", "tinted")[i % 2]
+        assert r.headers["x-model"] == line
+        np.testing.assert_array_equal(png(r.content), alone[line])
+    unknown = post(server, model="nope")
+    assert unknown.status_code == 400 and unknown.json()["allowed"] == ["default", "tinted"]
+    assert httpx.get(f"{server.url}/info", params={"model": "nope"}).status_code == 400
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def provenance(data: bytes) -> dict:
+    """The provenance a file carries, read as any reader would: PNG text, XMP in WebP and JPEG, GIF comment."""
+    import json
+    import re
+    from html import unescape
+
+    info = Image.open(io.BytesIO(data)).info
+    if "ganserve" in info:
+        return json.loads(info["ganserve"])
+    if "xmp" in info:
+        xmp = info["xmp"].decode() if isinstance(info["xmp"], bytes) else info["xmp"]
+        return json.loads(unescape(re.search(r"<ganserve:provenance>(.*?)</ganserve:provenance>", xmp).group(1)))
+    return json.loads(info["comment"])
+
+
+def test_formats_decode_to_the_pngs_pixels_and_carry_their_provenance(server):
+    """WebP is lossless by default and JPEG at quality 90 stays within 3 levels on average of the PNG."""
+    body = {"n": 1, "seed": 9, "label": "upper", "truncation": 0.8}
+    reference = post(server, **body)
+    pixels = decoded(reference.content)
+    webp, jpeg = post(server, **body, format="webp"), post(server, **body, format="jpeg")
+    assert webp.headers["content-type"] == "image/webp" and jpeg.headers["content-type"] == "image/jpeg"
+    np.testing.assert_array_equal(decoded(webp.content), pixels)
+    assert np.abs(decoded(jpeg.content) - pixels).mean() <= 3
+    assert np.abs(decoded(post(server, **body, format="jpeg", quality=30).content) - pixels).mean() > 0
+    lossy = post(server, **body, format="webp", quality=50).content
+    assert lossy != webp.content and np.abs(decoded(lossy) - pixels).mean() <= 8
+    for r in (reference, webp, jpeg):
+        mark = provenance(r.content)
+        assert {k: mark[k] for k in ("model", "seed", "label", "truncation", "endpoint")} == {
+            "model": "default", "seed": 9, "label": "upper", "truncation": 0.8, "endpoint": "/generate"
+        }  # fmt: skip
+        assert mark["model_version"] == r.headers["x-model-version"] and mark["latent_protocol"].endswith("/v2")
+        again = httpx.post(f"{server.url}{mark['endpoint']}", json=mark["request"], timeout=30)
+        assert again.content == r.content  # the request inside the file draws the file again, byte for byte
+
+    batch = post(server, "/generate_batch", n=3, seed=9, label="upper", truncation=0.8, format="webp").json()
+    assert batch["format"] == "webp" and batch["media_type"] == "image/webp"
+    first = base64.b64decode(batch["images"][0]["data"])
+    np.testing.assert_array_equal(decoded(first), pixels)
+    assert [provenance(base64.b64decode(i["data"]))["seed"] for i in batch["images"]] == [9, 10, 11]
+    assert httpx.post(f"{server.url}/generate", json=provenance(first)["request"]).content == first
+
+
+@pytest.mark.parametrize(
+    ("accept", "status", "media"),
+    [
+        ("image/webp", 200, "image/webp"),
+        ("image/avif,image/webp;q=0.9,*/*;q=0.8", 200, "image/webp"),
+        ("image/jpeg;q=0.5, image/png", 200, "image/png"),
+        ("*/*", 200, "image/png"),
+        ("image/avif", 406, "application/json"),
+    ],
+)
+def test_the_accept_header_picks_the_format(server, accept, status, media):
+    r = httpx.post(f"{server.url}/generate", json={"seed": 1}, headers={"accept": accept})
+    assert r.status_code == status and r.headers["content-type"] == media
+    if status == 406:
+        assert r.json()["allowed"] == ["image/png", "image/webp", "image/jpeg"]
+
+
+def test_quality_is_refused_where_it_means_nothing(server):
+    r = post(server, format="png", quality=80)
+    assert r.status_code == 400 and r.json() == {"error": "quality applies to jpeg and webp, not png",
+                                                 "allowed": ["jpeg", "webp"]}  # fmt: skip
+
+
+def test_interpolate_counts_frames_and_draws_each_key_exactly(server):
+    body = {"seeds": [3, 4, 5], "frames": 4, "label": ["upper", "lower", 0]}
+    walk = post(server, "/interpolate", **body)
+    assert walk.status_code == 200 and walk.headers["content-type"] == "image/webp"
+    assert walk.headers["x-frames"] == "9" and walk.headers["x-seeds"] == "3,4,5"
+    animation = Image.open(io.BytesIO(walk.content))
+    assert animation.n_frames == 9 and animation.info["loop"] == 0
+    assert post(server, "/interpolate", **body).content == walk.content  # every frame reproducible
+    strip = post(server, "/interpolate", **body, format="png")
+    frames = png(strip.content)
+    assert frames.shape == (28, 9 * 28)
+    keys = [
+        png(post(server, seed=s, label=label).content) for s, label in zip(body["seeds"], body["label"], strict=True)
+    ]
+    for frame, key in zip((0, 4, 8), keys, strict=True):
+        np.testing.assert_array_equal(frames[:, frame * 28 : (frame + 1) * 28], key)  # the walk passes through its keys
+    assert len({frames[:, i * 28 : (i + 1) * 28].tobytes() for i in range(9)}) > 3  # and moves between them
+    looped = post(server, "/interpolate", **body, loop=True, format="gif")
+    assert looped.headers["x-frames"] == "12" and Image.open(io.BytesIO(looped.content)).format == "GIF"
+    mark = provenance(looped.content)
+    assert mark["seeds"] == [3, 4, 5] and mark["label"] == ["upper", "lower", "top-left"] and mark["frames"] == 12
+    assert httpx.post(f"{server.url}/interpolate", json=mark["request"], timeout=30).content == looped.content
+    tinted = post(server, "/interpolate", seeds=[1, 2], frames=3, model="tinted", format="png")
+    assert png(tinted.content).shape == (16, 4 * 16, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"seeds": [1]}, "at least 2 items"),
+        ({"seeds": list(range(17))}, "at most 16 items"),
+        ({"seeds": [1, 2], "frames": 121}, "less than or equal to 120"),
+        ({"seeds": list(range(16)), "frames": 120}, "1801 frames of 28x28x1"),
+        ({"seeds": [1, 2], "label": ["upper"]}, "1 labels for 2 key seeds"),
+        ({"seeds": [1, 2], "format": "jpeg"}, "'webp', 'gif' or 'png'"),
+        ({"seeds": [1, 2], "format": "gif", "quality": 5}, "quality applies to webp, not gif"),
+        ({"seeds": [1, 2], "duration_ms": 5}, "greater than or equal to 20"),
+    ],
+)
+def test_interpolate_refuses_what_it_cannot_draw_and_says_why(server, body, says):
+    r = post(server, "/interpolate", **body)
+    assert r.status_code == 400 and says in r.text, r.text
 
 
 def test_more_than_300_requests_through_the_batching_path(server, layout):
@@ -254,33 +400,44 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_hot_promotion_under_load_fails_no_request(home, server):
-    before = httpx.get(f"{server.url}/info").json()["model_version"]
+def test_two_lines_are_promoted_independently_under_load_and_fail_no_request(home, server):
+    """Traffic to both lines while each is promoted in turn: every request answered, and each line's version moves
+    only with its own promotion."""
+    before = {line: httpx.get(f"{server.url}/info", params={"model": line}).json()["model_version"]
+              for line in ("default", "tinted")}  # fmt: skip
 
-    async def load_until_switch() -> tuple[list[int], set[str]]:
-        statuses, versions = [], set()
+    async def load_through(promotions: list[tuple[str, str]]) -> tuple[list[int], list[tuple[int, str, str]]]:
+        statuses, seen = [], []  # (phase, line, version) of each answer
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            deadline = time.monotonic() + 40
-            promoted = False
+            deadline, phase, since = time.monotonic() + 60, 0, 0
             while time.monotonic() < deadline:
-                batch = await asyncio.gather(*(client.post("/generate", json={"n": 2}) for _ in range(8)))
-                statuses += [r.status_code for r in batch]
-                versions |= {r.headers.get("x-model-version") for r in batch}
-                if not promoted:
-                    await asyncio.to_thread(promote, home, home / "plain")  # unconditional: labels now refused
-                    promoted = True
-                elif len(versions) > 1 and len(statuses) > 100:
-                    break
-        return statuses, versions
+                calls = [
+                    client.post("/generate", json={"n": 2, "model": ("default", "tinted")[i % 2]}) for i in range(8)
+                ]
+                for r in await asyncio.gather(*calls):
+                    statuses.append(r.status_code)
+                    seen.append((phase, r.headers.get("x-model"), r.headers.get("x-model-version")))
+                line = promotions[phase - 1][0] if phase else None
+                switched = phase and any(p == phase and x == line and v != before[line] for p, x, v in seen)
+                if phase == 0 or (switched and len(statuses) - since > 48):
+                    if phase == len(promotions):
+                        break
+                    line, folder = promotions[phase]
+                    await asyncio.to_thread(promote, home, home / folder, line)
+                    phase, since = phase + 1, len(statuses)
+        return statuses, seen
 
-    statuses, versions = asyncio.run(load_until_switch())
+    # default: to an unconditional model (labels now refused); then tinted: to a blue tint
+    statuses, seen = asyncio.run(load_through([("default", "plain"), ("tinted", "tinted-blue")]))
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    assert before in versions and len(versions) == 2  # the switch happened, within the 30 s budget
+    versions = {line: {v for _, x, v in seen if x == line} for line in ("default", "tinted")}
+    assert all(before[line] in versions[line] and len(versions[line]) == 2 for line in versions), versions
+    assert {v for p, x, v in seen if x == "tinted" and p == 1} == {before["tinted"]}  # untouched by default's
     # Each worker follows production on its own clock: wait (within the budget) until every answer is the new model.
     deadline, streak = time.monotonic() + 30, 0
     while streak < 10 and time.monotonic() < deadline:
         after = httpx.get(f"{server.url}/info").json()
-        streak = streak + 1 if after["model_version"] != before else 0
+        streak = streak + 1 if after["model_version"] != before["default"] else 0
         time.sleep(0.05 if streak else 0.5)
     assert streak == 10 and after["class_names"] == []
     r = post(server, label="upper")
