@@ -422,9 +422,13 @@ class GANServe:
         drawn = unpack_images(out)
         info = await self._drew(line, info, drawn.version)
         self.images_total.labels(endpoint="interpolate", model=line).inc(frames)
-        classes = info["class_names"]
-        walked = _Drawn(keys, indices, [None if i < 0 or not classes else classes[i] for i in indices],
-                        _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"])  # fmt: skip
+        # Each key's frame (segment s starts at key s; without a loop the last frame is the last key) says the class
+        # it was drawn for, also where the request left it to the seed.
+        drawn_for = [drawn.labels[s * req.frames] for s in range(len(keys))] if drawn.labels else [None] * len(keys)
+        names = [None if i is None else info["class_names"][i] for i in drawn_for]
+        walked = _Drawn(
+            keys, drawn_for, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"]
+        )
         request = req.model_copy(update={"model": line, "format": fmt}).model_dump(exclude_none=True)
         mark = {**_provenance(walked, "/interpolate", request, range(len(keys)), req.truncation), "frames": frames}
         data = await asyncio.to_thread(

@@ -349,6 +349,8 @@ def test_interpolate_counts_frames_and_draws_each_key_exactly(server):
     mark = provenance(looped.content)
     assert mark["seeds"] == [3, 4, 5] and mark["label"] == ["upper", "lower", "top-left"] and mark["frames"] == 12
     assert httpx.post(f"{server.url}/interpolate", json=mark["request"], timeout=30).content == looped.content
+    by_seed = provenance(post(server, "/interpolate", seeds=[5, 6], frames=2).content)
+    assert by_seed["label"] == [CLASSES[5 % 4], CLASSES[6 % 4]]  # the classes the keys were drawn for, by seed
     tinted = post(server, "/interpolate", seeds=[1, 2], frames=3, model="tinted", format="png")
     assert png(tinted.content).shape == (16, 4 * 16, 3)
 
