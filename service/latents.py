@@ -46,6 +46,7 @@ __all__ = [
     "latents_for_seeds",
     "slerp",
     "squares32",
+    "walk_length",
 ]
 
 PROTOCOL = "squares32-probit-float32/v2"
@@ -118,14 +119,18 @@ def interpolation_path(keys: int, frames: int, *, loop: bool = False) -> tuple[n
     (``a``), the key it heads for (``b``) and how far along it is (``t`` in [0, 1), float64). Segment s goes from key s
     to key s + 1 (and, with ``loop``, from the last key back to the first); its first frame is key s itself. Without
     ``loop`` a last frame lands on the last key: ``frames * (keys - 1) + 1`` frames, ``frames * keys`` with it."""
-    segments = keys if loop else keys - 1
     if keys < 2 or frames < 1:
         raise ValueError(f"a walk needs at least 2 keys and 1 frame per segment, got {keys} and {frames}")
-    step = np.arange(segments * frames)
+    step = np.arange(frames * (keys if loop else keys - 1))
     a, t = step // frames, (step % frames) / frames
     if not loop:
         a, t = np.append(a, keys - 2), np.append(t, 1.0)  # the last key, reached as its segment's end
     return a, (a + 1) % keys, t
+
+
+def walk_length(keys: int, frames: int, *, loop: bool = False) -> int:
+    """How many frames ``interpolation_path`` gives."""
+    return frames * (keys if loop else keys - 1) + (0 if loop else 1)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

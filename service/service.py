@@ -50,7 +50,7 @@ from service.batching import Batcher
 from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
 from service.guard import ClientErrorLog, Guard, what_is_wrong
 from service.imaging import tile
-from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION
+from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION, walk_length
 from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, production_name
 from service.production import Lines, NotReady, history, lines_in_store
 from service.rows import pack_request, unpack_images
@@ -401,7 +401,7 @@ class GANServe:
         if len(labels) != len(keys):
             raise _Refused(400, {"error": f"{len(labels)} labels for {len(keys)} key seeds: give one, or one per key"})
         indices = [-1 if label is None else _label_index(label, info["class_names"]) for label in labels]
-        frames = req.frames * (len(keys) if req.loop else len(keys) - 1) + (0 if req.loop else 1)
+        frames = walk_length(len(keys), req.frames, loop=req.loop)
         image = info["image"]
         size = frames * image["height"] * image["width"] * image["channels"]
         if frames > SETTINGS.max_frames or size > SETTINGS.max_walk_bytes:

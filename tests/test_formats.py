@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
-from service.latents import interpolation_path, slerp
+from service.latents import interpolation_path, slerp, walk_length
 
 MARK = {"ganserve": 1, "model": "default", "seed": 7, "label": "bag", "note": "<&\"'> ünï"}
 
@@ -77,9 +77,9 @@ def test_the_accept_header_is_read_by_its_weights(accept, chosen):
 
 def test_a_walk_visits_its_keys_in_order_and_keeps_the_radius():
     a, b, t = interpolation_path(3, 4, loop=False)
-    assert len(t) == 4 * 2 + 1 and (a[0], t[0]) == (0, 0) and (b[-1], t[-1]) == (2, 1.0)
+    assert len(t) == 4 * 2 + 1 == walk_length(3, 4) and (a[0], t[0]) == (0, 0) and (b[-1], t[-1]) == (2, 1.0)
     a, b, t = interpolation_path(3, 4, loop=True)
-    assert len(t) == 12 and (a[-1], b[-1]) == (2, 0)  # back to the first key
+    assert len(t) == 12 == walk_length(3, 4, loop=True) and (a[-1], b[-1]) == (2, 0)  # back to the first key
     with pytest.raises(ValueError, match="at least 2 keys"):
         interpolation_path(1, 4)
 
