@@ -95,5 +95,13 @@ if [ "$status" != 200 ] || ! head -c 8 "$out" | od -An -tx1 | grep -q '89 50 4e 
   exit 1
 fi
 echo "PNG from the container: $(wc -c < "$out") bytes, $(grep -i x-model-version "$out.headers" | tr -d '\r')"
+# every line the bento packed answers, with its own model
+lines=$(curl -fsS "http://127.0.0.1:$PORT/info" | "$BIN/python" -c 'import json, sys; print(*json.load(sys.stdin)["models"])')
+for line in $lines; do
+  status=$(curl -sS -X POST "http://127.0.0.1:$PORT/generate" -H 'content-type: application/json' \
+    -d "{\"model\": \"$line\", \"format\": \"webp\"}" -D "$out.headers" -o "$out" -w '%{http_code}')
+  [ "$status" = 200 ] || { echo "error: /generate for line $line answered $status: $(head -c 300 "$out")" >&2; exit 1; }
+  echo "line $line: $(grep -i x-model-version "$out.headers" | tr -d '\r'), $(wc -c < "$out") bytes of WebP"
+done
 rm -f "$out" "$out.headers"
 say "container OK: $TAG"
