@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import http.server
+import io
 import json
 import subprocess
 import sys
@@ -21,14 +22,18 @@ from ganserve_client import (
     GanClient,
     InvalidRequest,
     ModelInfo,
+    Provenance,
     RateLimited,
     Timeout,
     TransportError,
     Unauthorized,
     Unavailable,
+    read_provenance,
 )
 from ganserve_client._models import GenerateRequest as ClientRequest
-from PIL import Image
+from ganserve_client._models import InterpolateLimits, Limits, ModelLine, Promotion, _WireBatch, _WireImage
+from ganserve_client._models import InterpolateRequest as ClientWalk
+from PIL import Image, PngImagePlugin
 
 pytestmark = pytest.mark.slow
 
@@ -50,20 +55,24 @@ def test_images_and_seeds_match_the_servers_batch(server):
         images = client.generate(4, seed=7, label="upper")
     raw = httpx.post(f"{server.url}/generate_batch", json={"n": 4, "seed": 7, "label": "upper"}).json()
     assert [i.seed for i in images] == [7, 8, 9, 10] and {i.label for i in images} == {"upper"}
-    assert images[0].model_version == raw["model_version"]
+    assert images[0].model_version == raw["model_version"] and images[0].model == raw["model"] == "default"
+    assert (images[0].format, images[0].media_type) == ("png", "image/png")
     for image, wire in zip(images, raw["images"], strict=True):
-        assert image.png == base64.b64decode(wire["png"])
+        assert image.data == base64.b64decode(wire["data"])
         assert np.asarray(image.image).shape == (28, 28)
 
 
 def test_async_client_gives_the_same_images(server):
     async def draw():
         async with AsyncGanClient(server.url) as client:
-            return await client.generate(3, seed=2, label=1), await client.info(), await client.health()
+            images = await client.generate(3, seed=2, label=1, format="webp")
+            walk = await client.interpolate([2, 3], frames=2, format="png")
+            return images, walk, await client.info(), await client.health()
 
-    images, info, health = asyncio.run(draw())
+    images, walk, info, health = asyncio.run(draw())
     with GanClient(server.url) as client:
-        assert [i.png for i in images] == [i.png for i in client.generate(3, seed=2, label="upper")]
+        assert [i.data for i in images] == [i.data for i in client.generate(3, seed=2, label="upper", format="webp")]
+        assert walk.data == client.interpolate([2, 3], frames=2, format="png").data
     assert info.class_names == CLASSES and health.live and health.ready
 
 
@@ -71,11 +80,73 @@ def test_grid_info_health_and_save(server, tmp_path):
     with GanClient(server.url) as client:
         grid = client.grid(5, seed=1)
         assert grid.size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2) and grid.info["seeds"] == [1, 2, 3, 4, 5]
+        assert grid.format == "PNG" and grid.info["model"] == "default"
+        assert client.grid(4, seed=1, format="jpeg", quality=80).format == "JPEG"
         info = client.info()
         assert isinstance(info, ModelInfo) and info.limits.n == [1, 64] and info.image.height == 28
-        path = client.generate(1, seed=9)[0].save(tmp_path / "x.png")
-        assert Image.open(path).size == (28, 28)
+        assert info.model == info.default_model == "default" and set(info.models) == {"default"}
+        assert info.models["default"].model_version == info.model_version
+        assert [h.current for h in info.history] == [True] and "webp" in info.limits.formats
+        assert client.info(model="default").model_version == info.model_version
+        image = client.generate(1, seed=9)[0]
+        path = image.save(tmp_path / "x.png")
+        assert path.read_bytes() == image.data and Image.open(path).size == (28, 28)
     assert GanClient("http://127.0.0.1:9").health().live is False  # nothing listens there; health never raises
+
+
+def test_formats_decode_to_the_pngs_pixels(server):
+    """Lossless WebP gives the PNG's pixels exactly; JPEG at its default quality 90 stays within 4 levels of 255 on
+    average (these noisy 28x28 images measure about 3); a lossy WebP decodes too. Each file says what drew it."""
+    with GanClient(server.url) as client:
+        png = client.generate(4, seed=11, label="lower")
+        webp = client.generate(4, seed=11, label="lower", format="webp")
+        jpeg = client.generate(4, seed=11, label="lower", format="jpeg")
+        lossy = client.generate(1, seed=11, label="lower", format="webp", quality=40)[0]
+    assert [i.data[:8] for i in png] == [b"\x89PNG\r\n\x1a\n"] * 4
+    assert all(i.data[:4] == b"RIFF" and i.data[8:12] == b"WEBP" for i in webp) and lossy.image.format == "WEBP"
+    assert all(i.data[:3] == b"\xff\xd8\xff" and i.media_type == "image/jpeg" for i in jpeg)
+    for p, w, j in zip(png, webp, jpeg, strict=True):
+        pixels = np.asarray(p.image.convert("L"), dtype=float)
+        assert np.array_equal(np.asarray(w.image.convert("L"), dtype=float), pixels)
+        assert np.abs(np.asarray(j.image.convert("L"), dtype=float) - pixels).mean() < 4
+        for image in (p, w, j):
+            made = image.provenance
+            assert (made.seed, made.label, made.model_version, made.endpoint) == (p.seed, "lower", p.model_version,
+                                                                                  "/generate")  # fmt: skip
+            redraw = {"n": 1, "seed": p.seed, "label": "lower", "model": "default", "format": image.format}
+            assert made.request == redraw
+    assert read_provenance(lossy.data).request["quality"] == 40
+
+
+def test_interpolate_frames_seeds_and_provenance(server):
+    with GanClient(server.url) as client:
+        walk = client.interpolate([1, 2, 3], frames=4, label="upper")
+        strip = client.interpolate([1, 2, 3], frames=4, label="upper", format="png")
+        looped = client.interpolate([1, 2, 3], frames=4, loop=True, format="gif", duration_ms=50)
+        per_key = client.interpolate([5, 6], frames=3, label=["upper", "lower"], format="png")
+        info = client.info()
+        with pytest.raises(InvalidRequest, match="seeds: List should have at least 2 items"):
+            client.interpolate([1])  # refused before any round trip
+        with pytest.raises(InvalidRequest, match="400: .*frames"):
+            client.interpolate([1, 2], frames=info.limits.interpolate.frames[1] + 1)
+    assert (walk.frames, walk.seeds, walk.format, walk.media_type) == (9, [1, 2, 3], "webp", "image/webp")
+    assert walk.image.n_frames == 9 and walk.model == "default" and walk.model_version == info.model_version
+    assert strip.frames == 9 and strip.image.size == (9 * 28, 28)  # frames side by side, no padding
+    # the strip is the animation's frames: the first and last frames are the key seeds' images
+    frames = np.asarray(strip.image.convert("L")).reshape(28, 9, 28).transpose(1, 0, 2)
+    first, last = (pixels(server, seed, "upper") for seed in (1, 3))
+    assert np.array_equal(frames[0], first) and np.array_equal(frames[-1], last)
+    assert looped.frames == 12 and looped.image.n_frames == 12 and looped.data[:6] == b"GIF89a"
+    assert per_key.frames == 4 and per_key.provenance.label == ["upper", "lower"]
+    made = walk.provenance
+    assert made.endpoint == "/interpolate" and made.seeds == [1, 2, 3] and made.model_version == walk.model_version
+    assert made.request["seeds"] == [1, 2, 3] and made.request["frames"] == 4 and made.request["format"] == "webp"
+    assert looped.provenance.request["loop"] is True and looped.provenance.request["duration_ms"] == 50
+
+
+def pixels(server, seed: int, label: str) -> np.ndarray:
+    with GanClient(server.url) as client:
+        return np.asarray(client.generate(1, seed=seed, label=label)[0].image.convert("L"))
 
 
 def test_invalid_requests_carry_the_servers_message(server):
@@ -89,6 +160,13 @@ def test_invalid_requests_carry_the_servers_message(server):
             client.generate(0)  # refused before any round trip
         with pytest.raises(InvalidRequest, match="label: Value error, a boolean is not a number or a label"):
             client.generate(label=True)  # Python's True is an int; the server takes it for neither
+        with pytest.raises(InvalidRequest, match="body: Value error, quality applies to format 'jpeg' or 'webp'"):
+            client.generate(quality=50)
+        with pytest.raises(InvalidRequest, match="400: .*format"):
+            client.generate(format="tiff")
+        with pytest.raises(InvalidRequest, match="400: ") as err:
+            client.generate(model="no-such-line")
+        assert "no-such-line" in str(err.value)
 
 
 def test_unauthorized_and_rate_limited_come_from_real_responses(home):
@@ -189,36 +267,101 @@ def test_transport_errors_are_translated():
         GanClient("http://127.0.0.1:9", retries=1, backoff=0.01).generate()
 
 
-def test_the_cli_writes_one_png_per_seed(server, tmp_path):
-    cli = Path(sys.executable).parent / "ganserve-client"
-    done = subprocess.run([str(cli), "--url", server.url, "generate", "-n", "4", "--seed", "3", "--label", "upper",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)  # fmt: skip
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "ganserve-client"), *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def test_the_cli_writes_one_file_per_seed(server, tmp_path):
+    done = cli("--url", server.url, "generate", "-n", "4", "--seed", "3", "--label", "upper", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["3.png", "4.png", "5.png", "6.png"]
-    info = subprocess.run([str(cli), "--url", server.url, "info"], capture_output=True, text=True, timeout=60)
-    assert json.loads(info.stdout)["class_names"] == CLASSES
-    bad = subprocess.run(
-        [str(cli), "--url", server.url, "generate", "--label", "zebra"], capture_output=True, text=True
+    assert done.stderr == ""  # no progress bar when stderr is not a terminal
+    assert "wrote 4 images" in done.stdout and "seeds 3 to 6" in done.stdout
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["3.png", "4.png", "5.png", "6.png"]
+    version = read_provenance(tmp_path / "3.png").model_version
+    assert (tmp_path / "images.csv").read_text().splitlines()[:2] == ["seed,label,model_version,file",
+                                                                       f"3,upper,{version},3.png"]  # fmt: skip
+    info = cli("--url", server.url, "info")
+    assert json.loads(info.stdout)["class_names"] == CLASSES and json.loads(info.stdout)["model"] == "default"
+    bad = cli("--url", server.url, "generate", "--label", "zebra", "--out", str(tmp_path / "z"))
+    assert bad.returncode == 2 and "unknown label 'zebra'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    for args in (["generate", "-n", "x", "--out", "o"], ["interpolate", "--seeds", "1,2", "--out", "walk.mp4"],
+                 ["inspect", str(tmp_path / "missing.png")], ["inspect", str(tmp_path / "images.csv")]):  # fmt: skip
+        bad = cli("--url", server.url, *args)
+        assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_provenance_round_trip_through_the_cli(server, tmp_path):
+    """A PNG, a WebP and an interpolation: inspect prints what drew each, --reproduce draws it again identically."""
+    with GanClient(server.url) as client:
+        client.generate(1, seed=21, label="lower")[0].save(tmp_path / "one.png")
+        client.generate(1, seed=22, format="webp", quality=70)[0].save(tmp_path / "one.webp")
+        version = client.info().model_version
+    walked = cli("--url", server.url, "interpolate", "--seeds", "4,8,15", "--frames", "3", "--loop",
+                 "--label", "upper,lower,upper", "--out", str(tmp_path / "walk.gif"))  # fmt: skip
+    assert walked.returncode == 0, walked.stderr
+    assert "9 frames through seeds 4,8,15" in walked.stdout and Image.open(tmp_path / "walk.gif").n_frames == 9
+    for name, expected in (("one.png", {"seed": 21, "label": "lower"}), ("one.webp", {"seed": 22}),
+                           ("walk.gif", {"seeds": [4, 8, 15], "label": ["upper", "lower", "upper"]})):  # fmt: skip
+        done = cli("--url", server.url, "inspect", str(tmp_path / name), "--reproduce")
+        assert done.returncode == 0, done.stderr
+        shown = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
+        assert shown.items() >= {"model": "default", "model_version": version, **expected}.items()
+        assert done.stdout.splitlines()[-1] == f"reproduced: identical (model version {version})"
+
+    # A file drawn by a model version since replaced: the same request now gives the same pixels in a new file.
+    made = read_provenance(tmp_path / "one.png").model_dump(exclude_none=True)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("ganserve", json.dumps({**made, "model_version": "0123456789ab"}))
+    Image.open(tmp_path / "one.png").save(tmp_path / "old.png", pnginfo=text)
+    done = cli("--url", server.url, "inspect", str(tmp_path / "old.png"), "--reproduce")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        f"reproduced: same pixels (the model version has moved on from 0123456789ab to {version})"
     )
-    assert bad.returncode == 2 and "unknown label 'zebra'" in bad.stderr
+    # ... and one whose pixels are not what its request draws now
+    Image.new("L", (28, 28), 255).save(tmp_path / "changed.png", pnginfo=text)
+    done = cli("--url", server.url, "inspect", str(tmp_path / "changed.png"), "--reproduce")
+    assert done.returncode == 1  # so a script can tell
+    assert "reproduced: differs (the model version has moved on from 0123456789ab" in done.stdout
+    with GanClient(server.url) as client:
+        again = client.reproduce(tmp_path / "changed.png")
+        assert (again.same_bytes, again.same_pixels, again.version_changed) == (False, False, True)
+        assert again.data == (tmp_path / "one.png").read_bytes()
+        with pytest.raises(InvalidRequest, match="carries no ganserve provenance"):
+            client.reproduce(plain_png())
+
+
+def plain_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (4, 4)).save(out, "PNG")
+    return out.getvalue()
 
 
 def test_wire_models_match_the_services_schema(server):
-    """The contract: the SDK's models and the service's own, field by field, so the two cannot drift."""
+    """The contract: the SDK's models and the service's own, field by field, so the two cannot drift. The SDK
+    reads what it knows and ignores what a newer server adds, so every field it declares must be sent."""
     from service.service import GenerateRequest as ServiceRequest
+    from service.service import InterpolateRequest as ServiceWalk
 
     assert set(ClientRequest.model_fields) == set(ServiceRequest.model_fields)
+    assert set(ClientWalk.model_fields) == set(ServiceWalk.model_fields)
     openapi = httpx.get(f"{server.url}/docs.json").json()
-    body = openapi["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    schema = body if "properties" in body else openapi["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
-    assert set(schema["properties"]) == set(ClientRequest.model_fields)
+    for path, model in (("/generate", ClientRequest), ("/interpolate", ClientWalk)):
+        body = openapi["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        schema = body if "properties" in body else openapi["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+        assert set(schema["properties"]) == set(model.model_fields)
     info = httpx.get(f"{server.url}/info").json()
     assert set(info) == set(ModelInfo.model_fields)
+    assert set(info["limits"]) == set(Limits.model_fields)
+    assert set(info["limits"]["interpolate"]) == set(InterpolateLimits.model_fields)
+    assert set(info["history"][0]) == set(Promotion.model_fields)
+    assert set(info["models"]["default"]) == set(ModelLine.model_fields)
     ModelInfo.model_validate(info)
     batch = httpx.post(f"{server.url}/generate_batch", json={"n": 1}).json()
-    from ganserve_client._models import _WireBatch, _WireImage
-
     assert set(batch) == set(_WireBatch.model_fields) and set(batch["images"][0]) == set(_WireImage.model_fields)
+    made = read_provenance(base64.b64decode(batch["images"][0]["data"]))  # one image: "seed" where a grid has "seeds"
+    assert made.model_fields_set | {"seeds"} == set(Provenance.model_fields) and not made.model_extra
 
 
 def test_installing_the_sdk_alone_pulls_no_bentoml_torch_or_numpy(tmp_path):

@@ -3,7 +3,8 @@
     from ganserve_client import GanClient
     images = GanClient("http://127.0.0.1:3000").generate(4, seed=0, label="sneaker")
 
-Errors form one tree, rooted at GanServeError (see ganserve_client._errors for the drawing):
+Every file the service makes says how it was drawn (``read_provenance``), so ``GanClient.reproduce`` can ask for it
+again. Errors form one tree, rooted at GanServeError (see ganserve_client._errors for the drawing):
 InvalidRequest, Unauthorized, RateLimited, Unavailable (and its Timeout), TransportError.
 """
 
@@ -17,21 +18,35 @@ from ganserve_client._errors import (
     Unauthorized,
     Unavailable,
 )
-from ganserve_client._models import GeneratedImage, Health, ModelInfo
+from ganserve_client._models import (
+    Animation,
+    BulkSummary,
+    GeneratedImage,
+    Health,
+    ModelInfo,
+    Provenance,
+    Reproduction,
+)
+from ganserve_client._provenance import read_provenance
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
+    "Animation",
     "AsyncGanClient",
+    "BulkSummary",
     "GanClient",
     "GanServeError",
     "GeneratedImage",
     "Health",
     "InvalidRequest",
     "ModelInfo",
+    "Provenance",
     "RateLimited",
+    "Reproduction",
     "Timeout",
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "read_provenance",
 ]

@@ -1,20 +1,45 @@
-"""Wire models: what the service sends, checked by pydantic. A contract test keeps them in step with the server."""
+"""Wire models (what the service sends, checked by pydantic; a contract test keeps them in step with the server) and
+the results the client hands back."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["GenerateRequest", "GeneratedImage", "Health", "ImageSpec", "Limits", "ModelInfo"]
+__all__ = [
+    "EXTENSIONS",
+    "Animation",
+    "BulkSummary",
+    "GenerateRequest",
+    "GeneratedImage",
+    "Health",
+    "ImageSpec",
+    "InterpolateRequest",
+    "Limits",
+    "ModelInfo",
+    "Provenance",
+    "Reproduction",
+]
+
+# The file name extension for each format the service answers in; jpeg files are .jpg, as most tools expect.
+EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "gif": ".gif"}
+
+
+def _no_booleans(value: Any) -> Any:
+    if isinstance(value, bool):  # True is an int to Python; to the server it is neither a number nor a label
+        raise ValueError("a boolean is not a number or a label")
+    return value
 
 
 class GenerateRequest(BaseModel):
-    """The body of POST /generate and /generate_batch."""
+    """The body of POST /generate and /generate_batch. Only what cannot change with the server's settings is checked
+    here (upper bounds such as n's are the server's to say), so an obviously wrong call fails before a round trip."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -22,12 +47,51 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**32)
     truncation: float | None = Field(None, ge=0.01, le=4, description="truncate z to [-t, t]")
     label: int | str | None = None
+    model: str | None = Field(None, min_length=1, description="a model line; the service's default when absent")
+    format: str | None = Field(None, description="png (the default), webp or jpeg")
+    quality: int | None = Field(None, ge=1, le=100, description="jpeg, or lossy webp")
 
-    @field_validator("n", "seed", "truncation", "label", mode="before")
+    @field_validator("n", "seed", "truncation", "label", "quality", mode="before")
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # True is an int to Python; to the server it is neither a number nor a label
-            raise ValueError("a boolean is not a number or a label")
+        return _no_booleans(value)
+
+    @model_validator(mode="after")
+    def _quality_needs_a_lossy_format(self) -> GenerateRequest:
+        if self.quality is not None and self.format not in ("jpeg", "webp"):
+            raise ValueError("quality applies to format 'jpeg' or 'webp' only")
+        return self
+
+
+class InterpolateRequest(BaseModel):
+    """The body of POST /interpolate; the upper limits are the server's (``ModelInfo.limits.interpolate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[int] = Field(min_length=2)
+    frames: int = Field(16, ge=1)
+    label: int | str | list[int | str] | None = None
+    truncation: float | None = Field(None, ge=0.01, le=4)
+    loop: bool = False
+    format: str = "webp"
+    quality: int | None = Field(None, ge=1, le=100)
+    duration_ms: int | None = Field(None, ge=1)
+    model: str | None = Field(None, min_length=1)
+
+    @field_validator("frames", "truncation", "quality", "duration_ms", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        return _no_booleans(value)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_are_numbers(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            for seed in value:
+                _no_booleans(seed)
+                if isinstance(seed, int) and not 0 <= seed < 2**32:
+                    raise ValueError(f"seed {seed} is outside 0..2^32-1")
+            return list(value)
         return value
 
 
@@ -39,16 +103,48 @@ class ImageSpec(BaseModel):
     layout: str = "NHWC"
 
 
+class InterpolateLimits(BaseModel):
+    keys: list[int]
+    frames: list[int]
+    formats: list[str] = ["webp", "gif", "png"]
+    max_frames: int
+    max_bytes: int
+
+
 class Limits(BaseModel):
     n: list[int]
     seed: list[int]
     truncation: str
     max_concurrency: int
     auth: bool
+    formats: list[str] = ["png"]  # what a server from before formats sends
+    interpolate: InterpolateLimits | None = None
+
+
+class ModelLine(BaseModel):
+    """One model line a service serves (``ModelInfo.models``)."""
+
+    model_version: str
+    image: ImageSpec
+    class_names: list[str]
+    gate: dict[str, Any] | None = None
+
+
+class Promotion(BaseModel):
+    """A promotion of a model line still in the store (``ModelInfo.history``, oldest first)."""
+
+    version: str
+    model_version: str | None = None
+    created: str | None = None
+    decision: str | None = None
+    fid: float | None = None
+    feature_judge_accuracy: float | None = None
+    pixel_judge_accuracy: float | None = None
+    current: bool = False
 
 
 class ModelInfo(BaseModel):
-    """GET /info: the served model and the API's limits."""
+    """GET /info: the model line asked for (the default one if none), the other lines, and the API's limits."""
 
     model_version: str
     provider: str
@@ -59,17 +155,25 @@ class ModelInfo(BaseModel):
     gate: dict[str, Any] | None = None
     refused: dict[str, str] | None = None  # a production version the server refused ("tag", "reason"), if any
     limits: Limits
+    # Defaults for what a server from before model lines does not send, so this client still reads its /info.
+    model: str | None = None
+    default_model: str | None = None
+    models: dict[str, ModelLine] = {}
+    history: list[Promotion] = []
 
 
 class _WireImage(BaseModel):
     seed: int
     label: str | None
     label_index: int | None
-    png: str  # base64
+    data: str  # base64 of the file
 
 
 class _WireBatch(BaseModel):
+    model: str | None = None
     model_version: str
+    format: str = "png"
+    media_type: str = "image/png"
     images: list[_WireImage]
 
 
@@ -78,21 +182,123 @@ class Health(BaseModel):
     ready: bool
 
 
-class GeneratedImage:
-    """One generated image: its seed (which reproduces it), label, model version and PNG bytes."""
+class Provenance(BaseModel):
+    """What a ganserve file says about itself: which model line and version drew it, and ``request``, the body that
+    draws this very file again when POSTed to ``endpoint``. Fields a newer server adds are kept, not dropped."""
 
-    def __init__(self, *, seed: int, label: str | None, model_version: str, png: bytes) -> None:
-        self.seed, self.label, self.model_version, self.png = seed, label, model_version, png
+    model_config = ConfigDict(extra="allow")
+
+    ganserve: int  # the provenance format's version
+    model: str
+    model_version: str
+    latent_protocol: str | None = None
+    endpoint: str
+    request: dict[str, Any]
+    seed: int | None = None  # one image
+    seeds: list[int] | None = None  # a grid's images, or an animation's keys
+    label: str | list[str | None] | None = None  # a list, one per key, for an interpolation
+    truncation: float | None = None
+
+
+class _File:
+    """What a generated image and an animation share: the server's bytes, their provenance, a PIL view, save()."""
+
+    data: bytes
+    format: str
 
     @cached_property
     def image(self) -> Image.Image:
-        return Image.open(io.BytesIO(self.png))
+        """The file opened with Pillow (lazily decoded; an animation's frames through ``PIL.ImageSequence``)."""
+        return Image.open(io.BytesIO(self.data))
+
+    @cached_property
+    def provenance(self) -> Provenance | None:
+        """The provenance written inside the file by the server (None for a file from a server without it)."""
+        from ganserve_client._provenance import read_provenance  # _provenance builds on these models
+
+        return read_provenance(self.data)
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS.get(self.format, f".{self.format}")
 
     def save(self, path: str | Path) -> Path:
-        """Write the PNG as sent by the server (no re-encoding)."""
+        """Write the bytes as the server sent them (no re-encoding, so the provenance stays). The name's extension
+        is the caller's choice; ``extension`` says the usual one for ``format``."""
         path = Path(path)
-        path.write_bytes(self.png)
+        path.write_bytes(self.data)
         return path
 
+
+class GeneratedImage(_File):
+    """One generated image: its seed (which reproduces it), label, model line and version, and the file's bytes."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        label: str | None,
+        model: str | None,
+        model_version: str,
+        format: str,
+        media_type: str,
+        data: bytes,
+    ) -> None:
+        self.seed, self.label, self.model, self.model_version = seed, label, model, model_version
+        self.format, self.media_type, self.data = format, media_type, data
+
     def __repr__(self) -> str:
-        return f"GeneratedImage(seed={self.seed}, label={self.label!r}, model_version={self.model_version!r})"
+        return (f"GeneratedImage(seed={self.seed}, label={self.label!r}, model={self.model!r}, "
+                f"model_version={self.model_version!r}, format={self.format!r}, {len(self.data)} bytes)")  # fmt: skip
+
+
+class Animation(_File):
+    """A walk through latent space between key seeds: an animated WebP or GIF, or a PNG strip of the frames."""
+
+    def __init__(
+        self,
+        *,
+        seeds: list[int],
+        frames: int,
+        model: str | None,
+        model_version: str,
+        format: str,
+        media_type: str,
+        data: bytes,
+    ) -> None:
+        self.seeds, self.frames, self.model, self.model_version = seeds, frames, model, model_version
+        self.format, self.media_type, self.data = format, media_type, data
+
+    def __repr__(self) -> str:
+        return (f"Animation(seeds={self.seeds}, frames={self.frames}, model={self.model!r}, "
+                f"model_version={self.model_version!r}, format={self.format!r}, {len(self.data)} bytes)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A file drawn again from its provenance: the new bytes, how they compare, and the versions that drew each."""
+
+    data: bytes
+    same_bytes: bool
+    same_pixels: bool
+    old_version: str
+    new_version: str
+
+    @property
+    def version_changed(self) -> bool:
+        return self.old_version != self.new_version
+
+
+@dataclass(frozen=True)
+class BulkSummary:
+    """What ``generate_many`` did: images written this run, seeds already in the folder, and the time it took."""
+
+    out: Path
+    first_seed: int
+    written: int
+    skipped: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
