@@ -379,3 +379,17 @@ def test_installing_the_sdk_alone_pulls_no_bentoml_torch_or_numpy(tmp_path):
     seconds = min(float(subprocess.run([str(py), "-c", timing], capture_output=True, text=True).stdout)
                   for _ in range(3))  # fmt: skip
     assert seconds < 0.3, seconds
+
+
+def test_reproduce_never_sends_a_files_request_anywhere_but_the_drawing_endpoints(tmp_path):
+    """A file is data from anywhere: a provenance naming another path is refused before any request is sent."""
+    from ganserve_client import read_provenance
+
+    from service.formats import encode_image
+
+    forged = {"ganserve": 1, "model": "default", "model_version": "0" * 12, "endpoint": "/metrics", "request": {}}
+    path = tmp_path / "forged.png"
+    path.write_bytes(encode_image(np.zeros((2, 2, 1), np.uint8), "png", provenance=forged))
+    assert read_provenance(path).endpoint == "/metrics"
+    with GanClient("http://127.0.0.1:9", retries=0) as client, pytest.raises(InvalidRequest, match="'/metrics'"):
+        client.reproduce(path)  # InvalidRequest, not the TransportError a request to port 9 would raise
