@@ -79,26 +79,36 @@ def encode_animation(
 
 
 def negotiate(accept: str | None, offered: dict[str, str], default: str) -> str | None:
-    """The format an ``Accept`` header prefers among ``offered`` (name -> media type): ``default`` when there is no
-    header or it takes anything (``*/*``, ``image/*``) at least as much as a named type; None when it takes none."""
+    """The format an ``Accept`` header prefers among ``offered`` (name -> media type): the one with the highest
+    weight. A type the client names wins a tie with a wildcard (``*/*``, ``image/*``), which weighs every offered
+    format and, among those, prefers ``default``. ``default`` when there is no header; None when it takes none (a
+    type named with ``q=0`` is refused, whatever the wildcards say)."""
     if not accept:
         return default
-    best, best_q = None, 0.0
+    order = list(offered)
+    ranks: dict[str, tuple] = {}  # name -> (weight, named, is the default, earlier in offered)
+    refused = set()
     for part in accept.split(","):
         media, _, params = part.strip().partition(";")
-        media = media.strip().lower()
-        q = 1.0
+        media, q = media.strip().lower(), 1.0
         for param in params.split(";"):
             key, _, value = param.strip().partition("=")
-            if key == "q":
+            if key.strip() == "q":
                 try:
-                    q = float(value)
+                    q = min(max(float(value), 0.0), 1.0)
                 except ValueError:
                     q = 0.0
-        name = default if media in ("*/*", "image/*") else next((n for n, m in offered.items() if m == media), None)
-        if name is not None and q > best_q:
-            best, best_q = name, q
-    return best
+        if media in ("*/*", "image/*"):
+            names, named = order, False
+        else:
+            names, named = [n for n, m in offered.items() if m == media], True
+            if q == 0:
+                refused.update(names)
+        for name in names:
+            rank = (q, named, name == default, -order.index(name))
+            ranks[name] = max(ranks.get(name, rank), rank)
+    allowed = [(rank, name) for name, rank in ranks.items() if rank[0] > 0 and name not in refused]
+    return max(allowed)[1] if allowed else None
 
 
 def xmp_packet(text: str) -> bytes:

@@ -55,7 +55,7 @@ from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, production_nam
 from service.production import Lines, NotReady, history, lines_in_store
 from service.rows import pack_request, unpack_images
 from service.runtime import nvidia_driver_present
-from service.settings import Settings
+from service.settings import PREFIX, Settings
 from service.transport import use_header_deadline
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
@@ -187,6 +187,10 @@ def _lines() -> tuple[list[str], str]:
     line, which then waits for its first promotion) and the one a request without ``model`` gets."""
     named = [check_line(n.strip()) for n in SETTINGS.models.split(",") if n.strip()]
     lines = named or lines_in_store() or [DEFAULT_LINE]
+    # Read once, where `bentoml serve` imports this module before it starts the workers, which copy its environment:
+    # every worker (and one restarted later) then serves the same lines in the same order, which request rows name
+    # by index, even if a line is promoted for the first time meanwhile.
+    os.environ[f"{PREFIX}MODELS"] = ",".join(lines)
     default = SETTINGS.default_model or (DEFAULT_LINE if DEFAULT_LINE in lines else lines[0])
     if default not in lines:
         raise ValueError(f"bad ganserve setting: GANSERVE_DEFAULT_MODEL={default!r} is not served; lines: {lines}")
@@ -430,6 +434,9 @@ class GANServe:
             keys, drawn_for, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"]
         )
         request = req.model_copy(update={"model": line, "format": fmt}).model_dump(exclude_none=True)
+        if req.label is not None:  # by name: a class index can mean another class in a later model
+            named = [None if i < 0 else info["class_names"][i] for i in indices]
+            request["label"] = named if isinstance(req.label, list) else named[0]
         mark = {**_provenance(walked, "/interpolate", request, range(len(keys)), req.truncation), "frames": frames}
         data = await asyncio.to_thread(
             encode_animation, walked.images, fmt, duration_ms=req.duration_ms, quality=req.quality, provenance=mark

@@ -393,3 +393,18 @@ def test_reproduce_never_sends_a_files_request_anywhere_but_the_drawing_endpoint
     assert read_provenance(path).endpoint == "/metrics"
     with GanClient("http://127.0.0.1:9", retries=0) as client, pytest.raises(InvalidRequest, match="'/metrics'"):
         client.reproduce(path)  # InvalidRequest, not the TransportError a request to port 9 would raise
+
+
+def test_info_reads_a_line_that_has_no_model_yet():
+    """/info names every line served; one whose model is not loaded has only ``not_ready``, and the rest of the
+    answer must still read (generate_many asks /info for the page size first)."""
+    info = {"model": "fashion", "default_model": "fashion", "model_version": "e56468728ae1", "provider": "CPU",
+            "image": {"height": 28, "width": 28, "channels": 1}, "latent_dim": 100, "latent_protocol": "p",
+            "class_names": [], "gate": None, "refused": None, "history": [],
+            "models": {"fashion": {"model_version": "e56468728ae1", "image": {"height": 28, "width": 28, "channels": 1},
+                                   "class_names": [], "gate": None},
+                       "emoji": {"not_ready": "model emoji: no verified model to serve yet"}},
+            "limits": {"n": [1, 64], "seed": [0, 2**32 - 1], "truncation": "0.01 <= t <= 4", "max_concurrency": 256,
+                       "auth": False}}  # fmt: skip
+    parsed = ModelInfo.model_validate(info)
+    assert parsed.models["emoji"].not_ready.endswith("yet") and parsed.models["fashion"].model_version

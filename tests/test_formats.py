@@ -69,7 +69,8 @@ def test_walk_files_hold_every_frame_and_the_provenance(fmt):
     [(None, "png"), ("", "png"), ("*/*", "png"), ("image/*", "png"), ("image/webp", "webp"),
      ("image/avif,image/webp,image/apng,*/*;q=0.8", "webp"), ("image/jpeg;q=0.4, image/webp;q=0.6", "webp"),
      ("image/jpeg, */*;q=0.1", "jpeg"), ("image/avif", None), ("image/webp;q=0", None), ("text/html", None),
-     ("image/webp;q=oops", None)],
+     ("image/webp;q=oops", None), ("image/webp, */*", "webp"), ("*/*, image/webp", "webp"),
+     ("image/png;q=0, */*", "webp"), ("image/png;q=0, image/*;q=0.5, image/jpeg;q=0.4", "webp")],
 )  # fmt: skip
 def test_the_accept_header_is_read_by_its_weights(accept, chosen):
     assert negotiate(accept, FORMATS, "png") == chosen

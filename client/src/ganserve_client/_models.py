@@ -122,12 +122,14 @@ class Limits(BaseModel):
 
 
 class ModelLine(BaseModel):
-    """One model line a service serves (``ModelInfo.models``)."""
+    """One model line a service serves (``ModelInfo.models``); a line with no model loaded yet has only
+    ``not_ready``, which says why."""
 
-    model_version: str
-    image: ImageSpec
-    class_names: list[str]
+    model_version: str | None = None
+    image: ImageSpec | None = None
+    class_names: list[str] = []
     gate: dict[str, Any] | None = None
+    not_ready: str | None = None
 
 
 class Promotion(BaseModel):
