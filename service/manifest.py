@@ -1,8 +1,10 @@
 """The manifest that travels with every exported generator: what the ONNX file is and how to call it.
 
-A model folder holds ``generator.onnx`` and ``manifest.json``; after the quality gate also ``report.json``,
-``report.md`` and ``grid.png``. The service reads nothing but this folder, so everything it needs to draw latents,
-name classes and check integrity is here. Pure pydantic: shared by training (which writes it) and serving.
+A model folder holds ``generator.onnx`` and ``manifest.json``, and, when exported from a training run,
+``discriminator.onnx`` (the run's D, for discriminator rejection sampling); after the quality gate also
+``report.json``, ``report.md`` and ``grid.png``. The service reads nothing but this folder, so everything it
+needs to draw latents, name classes and check integrity is here. Pure pydantic: shared by training (which writes
+it) and serving.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from service.errors import GanserveError
 from service.latents import PROTOCOL
 
 __all__ = [
+    "DISCRIMINATOR_NAME",
     "MANIFEST_NAME",
     "MODEL_NAME",
     "SCHEMA_VERSION",
+    "DiscriminatorInfo",
     "ImageSpec",
     "Manifest",
     "ManifestError",
@@ -31,9 +35,10 @@ __all__ = [
     "write_manifest",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: an optional discriminator; a schema-1 manifest reads as one without
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "generator.onnx"
+DISCRIMINATOR_NAME = "discriminator.onnx"
 
 
 class ManifestError(GanserveError, ValueError):
@@ -62,8 +67,24 @@ class TrainingInfo(_Strict):
     dataset: dict[str, Any]
 
 
+class DiscriminatorInfo(_Strict):
+    """The training run's D beside G: ``images`` uint8[N,H,W,C] (G's own output contract) and, when conditional,
+    ``labels`` int64[N] in; ``logit`` float32[N] out. With the burn-in that calibrates rejection sampling
+    (``service.drs``): the largest logit over ``burn_in`` samples of G, and the gamma at which
+    ``target_acceptance`` of them would be accepted."""
+
+    file: str = DISCRIMINATOR_NAME
+    sha256: str
+    step: int = Field(ge=0, description="the training step it was saved at, the same as G's")
+    parity: float = Field(ge=0, description="largest |PyTorch - ONNX| logit over the export's parity images")
+    burn_in: int = Field(ge=1)
+    logit_max: float
+    gamma: float
+    target_acceptance: float = Field(gt=0, lt=1)
+
+
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     kind: Literal["ganserve.generator"] = "ganserve.generator"
     file: str = MODEL_NAME
     sha256: str
@@ -76,6 +97,7 @@ class Manifest(_Strict):
     training: TrainingInfo | None = None
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     gate: dict[str, Any] | None = Field(None, description="the quality gate's decision and headline figures")
+    discriminator: DiscriminatorInfo | None = None
 
     @property
     def conditional(self) -> bool:
@@ -104,10 +126,14 @@ def read_manifest(folder: Path, *, verify: bool = True) -> Manifest:
     except ValueError as err:  # JSON or validation error
         raise ManifestError(f"{path} is not a valid manifest: {err}") from None
     if verify:
-        onnx_path = Path(folder) / manifest.file
-        if not onnx_path.is_file():
-            raise ManifestError(f"{folder} has no {manifest.file}, which its manifest names")
-        actual = file_sha256(onnx_path)
-        if actual != manifest.sha256:
-            raise ManifestError(f"{onnx_path} has sha256 {actual[:12]}…, its manifest says {manifest.sha256[:12]}…")
+        files = [(manifest.file, manifest.sha256)]
+        if manifest.discriminator is not None:
+            files.append((manifest.discriminator.file, manifest.discriminator.sha256))
+        for name, sha256 in files:
+            onnx_path = Path(folder) / name
+            if not onnx_path.is_file():
+                raise ManifestError(f"{folder} has no {name}, which its manifest names")
+            actual = file_sha256(onnx_path)
+            if actual != sha256:
+                raise ManifestError(f"{onnx_path} has sha256 {actual[:12]}…, its manifest says {sha256[:12]}…")
     return manifest

@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 SERVICE_CONTRACTS = {
     "service",
+    "service.drs",
     "service.errors",
     "service.latents",
     "service.imaging",

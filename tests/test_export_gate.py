@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import Black, BlobGenerator, Replay, blob_dataset, tiny_config
 
 from service.latents import PROTOCOL, latents_for_seeds
@@ -11,7 +12,7 @@ from service.manifest import ImageSpec, Manifest, ManifestError, file_sha256, re
 from service.runtime import GeneratorRuntime
 from training.config import DataConfig
 from training.data import load_splits
-from training.export import ExportError, export_checkpoint, export_module
+from training.export import BURN_IN, ExportError, export_checkpoint, export_module
 from training.judging.evaluator import EvaluatorConfig, train_evaluator
 from training.judging.gate import GateConfig, GateError, evaluate, write_report
 from training.train import train
@@ -58,6 +59,9 @@ def test_export_writes_a_checked_onnx_with_its_manifest(idx_dir, tmp_path):
     assert manifest.training.run_id == run.name and manifest.training.step == 16
     assert manifest.training.dataset["heldout"]["images"] == 64
     assert manifest.latent_protocol == PROTOCOL
+    d = manifest.discriminator  # the run's D beside G, calibrated for rejection sampling
+    assert (tmp_path / "model" / d.file).is_file() and d.step == 16 and d.parity <= 1e-3 and d.burn_in == BURN_IN
+    assert np.isfinite(d.logit_max) and np.isfinite(d.gamma) and d.target_acceptance == 0.5
 
     runtime = GeneratorRuntime(tmp_path / "model")
     batch = runtime.generate([5, 9, 11], [1, 2, 3])
@@ -120,6 +124,20 @@ def test_export_refuses_a_model_that_onnx_does_not_reproduce(tmp_path, monkeypat
     monkeypatch.setattr(export, "parity", lambda *a, **k: 7)  # as if onnxruntime disagreed by 7 levels
     with pytest.raises(ExportError, match="differs from PyTorch by 7 levels"):
         export_module(BlobGenerator(), tmp_path / "m", latent_dim=LATENT, image=IMAGE)
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_refuses_a_discriminator_that_onnx_does_not_reproduce(tmp_path):
+    """A D whose graph disagrees with PyTorch: here one that behaves differently once exported (the exporter traces
+    a branch that eager mode does not take), as a mis-exported operator would."""
+
+    class Shifty(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            score = images.float().mean(dim=(1, 2, 3))
+            return score + 5.0 if torch.compiler.is_exporting() else score
+
+    with pytest.raises(ExportError, match="discriminator's ONNX logits differ from PyTorch"):
+        export_module(BlobGenerator(), tmp_path / "m", latent_dim=LATENT, image=IMAGE, discriminator=Shifty())
     assert not (tmp_path / "m").exists()
 
 

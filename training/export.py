@@ -6,6 +6,10 @@ conditional model) and returns uint8 images N x H x W x C. The latent protocol r
 repeat are folded in at the end (bench/export.py measures what that saves). Parity is checked through the serving
 path itself (``GeneratorRuntime``) against PyTorch fed the numpy reference latents. ``upgrade`` puts the sampler
 in front of a model exported under latent protocol v1 (which took ``z``), with the same weights.
+
+Given the run's discriminator, export writes it beside G as ``discriminator.onnx``, taking G's own output (uint8
+N x H x W x C, and labels when conditional) and returning D's logit, checked against PyTorch on G's parity images,
+and calibrates rejection sampling (``service.drs``) on a burn-in of G's samples: both go into the manifest.
 """
 
 from __future__ import annotations
@@ -26,25 +30,52 @@ import onnx
 import torch
 from torch import nn
 
+from service.drs import gamma_for
 from service.errors import GanserveError
 from service.latents import PROTOCOL, labels_for_seeds, latents_for_seeds
-from service.manifest import MODEL_NAME, ImageSpec, Manifest, TrainingInfo, file_sha256, read_manifest, write_manifest
+from service.manifest import (
+    DISCRIMINATOR_NAME,
+    MODEL_NAME,
+    DiscriminatorInfo,
+    ImageSpec,
+    Manifest,
+    TrainingInfo,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
 from service.runtime import GeneratorRuntime
 from training.checkpoint import load_checkpoint
 from training.config import RunConfig
-from training.networks import Generator
+from training.networks import Discriminator, Generator
 from training.sampler import OPSET, with_sampler
 
-__all__ = ["PARITY_BATCHES", "ExportError", "export_checkpoint", "export_module", "parity", "upgrade"]
+__all__ = ["BURN_IN", "PARITY_BATCHES", "ExportError", "export_checkpoint", "export_module", "parity", "upgrade"]
 
 log = logging.getLogger("ganserve.export")
 
 PARITY_BATCHES = (1, 3, 16, 64)
 PARITY_TRUNCATION = 0.7  # every other parity image is truncated, so that path is checked too
+LOGIT_PARITY = 1e-3  # largest |PyTorch - ONNX| logit allowed, relative to max(1, |logit|)
+BURN_IN = 10_000  # samples of G that calibrate rejection sampling (Azadi et al. use a burn-in of 10,000 too)
+BURN_IN_SEEDS = 2**31  # the burn-in's first seed: far from the seeds that parity, the gate and the README use
+TARGET_ACCEPTANCE = 0.5  # of G's samples, under rejection sampling: between the paper's fidelity and speed
 
 
 class ExportError(GanserveError, RuntimeError):
     """The exported graph does not reproduce PyTorch, or cannot be written."""
+
+
+class _Judged(nn.Module):
+    """D behind G's output contract: uint8 NHWC -> [-1, 1] NCHW float, as the training data was fed to it."""
+
+    def __init__(self, d: nn.Module, conditional: bool) -> None:
+        super().__init__()
+        self.d, self.conditional = d, conditional
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
+        return self.d(x, labels) if self.conditional else self.d(x)
 
 
 class _Served(nn.Module):
@@ -72,8 +103,10 @@ def export_module(
     image: ImageSpec,
     class_names: list[str] | tuple[str, ...] = (),
     training: TrainingInfo | None = None,
+    discriminator: nn.Module | None = None,
 ) -> Manifest:
-    """Export ``g`` (any module mapping z [, labels] to [-1, 1] images) into a new folder ``out_dir``."""
+    """Export ``g`` (any module mapping z [, labels] to [-1, 1] images) into a new folder ``out_dir``, with
+    ``discriminator`` (images [, labels] -> logits) beside it when given."""
     _check_new(out_dir)  # before the exporter's seconds of work
     g = g.eval()
     conditional = bool(class_names)
@@ -103,7 +136,67 @@ def export_module(
         sha256="", latent_dim=latent_dim, image=image, class_names=list(class_names), inputs=_inputs(conditional),
         training=training, parity_levels=0,
     )  # fmt: skip
-    return _write(model, manifest, out_dir, reference, against="PyTorch")
+    judge = (
+        None
+        if discriminator is None
+        else lambda staging, runtime: _export_discriminator(
+            _Judged(discriminator.eval(), conditional).eval(),
+            staging,
+            runtime,
+            image,
+            step=training.step if training else 0,
+        )
+    )
+    return _write(model, manifest, out_dir, reference, against="PyTorch", judge=judge)
+
+
+def _export_discriminator(judged: _Judged, folder: Path, runtime: GeneratorRuntime, image: ImageSpec, *, step: int):
+    """Write ``discriminator.onnx`` into ``folder``, check it against PyTorch on G's parity images, and calibrate
+    rejection sampling on a burn-in of G's samples; its manifest entry, or ExportError."""
+    import onnxruntime as ort
+
+    conditional = judged.conditional
+    example = (torch.zeros(2, image.height, image.width, image.channels, dtype=torch.uint8),)
+    if conditional:
+        example += (torch.zeros(2, dtype=torch.int64),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    path = folder / DISCRIMINATOR_NAME
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            judged, example, path, dynamo=True, opset_version=OPSET,
+            input_names=["images", "labels"] if conditional else ["images"], output_names=["logit"],
+            dynamic_shapes=({0: batch}, {0: batch}) if conditional else ({0: batch},), external_data=False,
+        )  # fmt: skip
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def logits(seeds: np.ndarray, reference: bool = False) -> np.ndarray:
+        drawn = runtime.generate(seeds)
+        if reference:
+            labels = torch.from_numpy(drawn.labels) if conditional else None
+            with torch.no_grad():
+                return judged(torch.from_numpy(drawn.images), labels).numpy()
+        feeds = {"images": drawn.images, **({"labels": drawn.labels} if conditional else {})}
+        return session.run(["logit"], feeds)[0]
+
+    worst = 0.0
+    for n in PARITY_BATCHES:
+        seeds = np.arange(1000, 1000 + n, dtype=np.int64)
+        got, expected = logits(seeds), logits(seeds, reference=True)
+        worst = max(worst, float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)))))
+    if not worst <= LOGIT_PARITY:  # NaN too
+        raise ExportError(f"the discriminator's ONNX logits differ from PyTorch by {worst:.3g} (relative; allowed: "
+                          f"{LOGIT_PARITY}); nothing written")  # fmt: skip
+    burn_in = np.concatenate([logits(np.arange(start, min(start + 500, BURN_IN_SEEDS + BURN_IN)))
+                              for start in range(BURN_IN_SEEDS, BURN_IN_SEEDS + BURN_IN, 500)])  # fmt: skip
+    if not np.isfinite(burn_in).all():
+        raise ExportError("the discriminator gives non-finite logits on G's samples; nothing written")
+    logit_max = float(burn_in.max())
+    return DiscriminatorInfo(
+        sha256=file_sha256(path), step=step, parity=worst, burn_in=BURN_IN, logit_max=logit_max,
+        gamma=gamma_for(burn_in, logit_max, TARGET_ACCEPTANCE), target_acceptance=TARGET_ACCEPTANCE,
+    )  # fmt: skip
 
 
 def upgrade(source: Path, out_dir: Path) -> Manifest:
@@ -140,19 +233,24 @@ def _inputs(conditional: bool) -> dict[str, str]:
     return {"seeds": "int64[N]", **({"labels": "int64[N]"} if conditional else {}), "truncation": "float32[N]"}
 
 
-def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference, *, against: str) -> Manifest:
+def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference, *, against: str,
+           judge=None) -> Manifest:  # fmt: skip
     """Check ``model``, write it with its manifest into a staging folder, measure parity through the serving
-    runtime against ``reference(seeds, truncation)``, and move the folder into place whole, or write nothing."""
+    runtime against ``reference(seeds, truncation)``, add the discriminator (``judge(staging, runtime)`` writes it
+    and returns its manifest entry), and move the folder into place whole, or write nothing."""
     onnx.checker.check_model(model, full_check=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         onnx_path = staging / MODEL_NAME
         onnx.save(model, onnx_path)
         write_manifest(staging, manifest.model_copy(update={"sha256": file_sha256(onnx_path)}))
-        worst = parity(GeneratorRuntime(staging, providers=["CPUExecutionProvider"]), reference)
+        runtime = GeneratorRuntime(staging, providers=["CPUExecutionProvider"])
+        worst = parity(runtime, reference)
         if worst > 1:
             raise ExportError(f"ONNX output differs from {against} by {worst} levels (allowed: 1); nothing written")
         manifest = read_manifest(staging).model_copy(update={"parity_levels": worst})
+        if judge is not None:
+            manifest = manifest.model_copy(update={"discriminator": judge(staging, runtime)})
         write_manifest(staging, manifest)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         if out_dir.exists():
@@ -195,5 +293,7 @@ def export_checkpoint(source: Path, out_dir: Path, *, ema: bool = True) -> Manif
     )  # fmt: skip
     class_names = state["data"]["class_names"] if cfg.model.conditional else []
     image = ImageSpec(height=cfg.model.image_size, width=cfg.model.image_size, channels=cfg.model.channels)
+    d = Discriminator(cfg.model)
+    d.load_state_dict(state["D"])  # the D of the same step: rejection sampling needs D calibrated on this G
     return export_module(g, out_dir, latent_dim=cfg.model.latent_dim, image=image, class_names=class_names,
-                         training=training)  # fmt: skip
+                         training=training, discriminator=d)  # fmt: skip

@@ -38,7 +38,7 @@ from typing import Any
 
 from service.errors import GanserveError
 from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, production_name
-from service.manifest import Manifest, ManifestError, read_manifest
+from service.manifest import DISCRIMINATOR_NAME, MANIFEST_NAME, MODEL_NAME, Manifest, ManifestError, read_manifest
 
 __all__ = [
     "CANDIDATE_NAME",
@@ -53,7 +53,7 @@ __all__ = [
 
 CANDIDATE_NAME = candidate_name(DEFAULT_LINE)
 PRODUCTION_NAME = production_name(DEFAULT_LINE)
-MODEL_FILES = ("generator.onnx", "manifest.json", "report.json", "report.md", "grid.png")
+MODEL_FILES = (MODEL_NAME, DISCRIMINATOR_NAME, MANIFEST_NAME, "report.json", "report.md", "grid.png")
 KEEP_RETIRED = 5
 
 
