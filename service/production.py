@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.lines import DEFAULT_LINE, PRODUCTION_PREFIX, line_of, production_name
+from service.lines import DEFAULT_LINE, PRODUCTION_PREFIX, line_id, line_of, production_name
 from service.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
 from service.rows import pack_images, unpack_request, widen
 from service.runtime import GeneratorRuntime
@@ -202,11 +202,12 @@ def _identity(folder: Path) -> tuple:
 
 
 class Lines:
-    """The production of each served model line (``service.lines``), in the order of ``names``: request rows name
-    their line by its index there (``service.rows``)."""
+    """The production of each served model line (``service.lines``); request rows name their line by its
+    ``line_id`` (``service.rows``)."""
 
     def __init__(self, names: list[str], *, threads: int = 0, on_refusal: Callable[[str, bool], None] | None = None):
         self.names = list(names)
+        self.by_id = {line_id(name): name for name in self.names}
         self.productions = {
             name: Production(f"{production_name(name)}:latest", threads=threads, on_refusal=on_refusal)
             for name in self.names
@@ -220,18 +221,18 @@ class Lines:
         await asyncio.gather(*(p.follow(every) for p in self.productions.values()))
 
     def describe(self, line: str, version: str | None = None) -> dict[str, Any]:
-        return {**self.productions[line].describe(version), "model": line}
+        return {**self._production(line_id(line)).describe(version), "model": line}
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """Request rows of any lines -> image rows, in the same order. Blocking."""
         seeds, labels, truncations, lines = unpack_request(rows)
         first = lines[0]
         if (lines == first).all():  # every row of one line: the usual batch
-            return self.productions[self.names[first]].draw(seeds, labels, truncations)
+            return self._production(first).draw(seeds, labels, truncations)
         parts = []
         for index in np.unique(lines):
             at = np.flatnonzero(lines == index)
-            parts.append((at, self.productions[self.names[index]].draw(seeds[at], labels[at], truncations[at])))
+            parts.append((at, self._production(index).draw(seeds[at], labels[at], truncations[at])))
         widest = max(part.shape[1] for _, part in parts)
         out = np.empty((len(rows), widest), np.uint8)
         for at, part in parts:
@@ -239,7 +240,12 @@ class Lines:
         return out
 
     def walk(self, line: str, *args: Any) -> np.ndarray:
-        return self.productions[line].walk(*args)
+        return self._production(line_id(line)).walk(*args)
+
+    def _production(self, line: int) -> Production:
+        if (name := self.by_id.get(int(line))) is None:  # a line first promoted after this process started
+            raise NotReady("this worker started before the model line's first promotion; restart the service")
+        return self.productions[name]
 
 
 def lines_in_store() -> list[str]:

@@ -1,7 +1,7 @@
 """The two row formats that travel between the service's parts, named here and nowhere else.
 
 - A request travels as seeds, not latents: one float64 row per image, ``[seed, label, truncation, line]`` (label -1:
-  none; truncation inf: none; line: the model line's index among those served). float64 holds every seed below
+  none; truncation inf: none; line: ``service.lines.line_id`` of the model line). float64 holds every seed below
   2**53 exactly. The model's own graph draws the latents
   (``service.latents``), so a promotion to another latent size cannot break a request in flight.
 - Images come back as one uint8 row per image: its pixels, then the class it was drawn for as a little-endian int32
@@ -20,7 +20,7 @@ VERSION_BYTES = 12  # a model version is the first 12 hex digits of its ONNX fil
 _LABEL = np.dtype("<i4")
 
 
-def pack_request(seeds: list[int], label: int | None, truncation: float | None, line: int = 0) -> np.ndarray:
+def pack_request(seeds: list[int], label: int | None, truncation: float | None, line: int) -> np.ndarray:
     rows = np.empty((len(seeds), 4), dtype=np.float64)
     rows[:, 0] = seeds
     rows[:, 1] = -1 if label is None else label
@@ -30,7 +30,7 @@ def pack_request(seeds: list[int], label: int | None, truncation: float | None, 
 
 
 def unpack_request(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeds (int64), labels (int64, -1: none), truncations (float32, inf: none) and line indices (int64) of rows,
+    """Seeds (int64), labels (int64, -1: none), truncations (float32, inf: none) and line ids (int64) of rows,
     possibly of many requests."""
     return (rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2].astype(np.float32),
             rows[:, 3].astype(np.int64))  # fmt: skip

@@ -51,11 +51,11 @@ from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image,
 from service.guard import ClientErrorLog, Guard, what_is_wrong
 from service.imaging import tile
 from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION, walk_length
-from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, production_name
+from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, line_id, production_name
 from service.production import Lines, NotReady, history, lines_in_store
 from service.rows import pack_request, unpack_images
 from service.runtime import nvidia_driver_present
-from service.settings import PREFIX, Settings
+from service.settings import Settings
 from service.transport import use_header_deadline
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
@@ -187,10 +187,6 @@ def _lines() -> tuple[list[str], str]:
     line, which then waits for its first promotion) and the one a request without ``model`` gets."""
     named = [check_line(n.strip()) for n in SETTINGS.models.split(",") if n.strip()]
     lines = named or lines_in_store() or [DEFAULT_LINE]
-    # Read once, where `bentoml serve` imports this module before it starts the workers, which copy its environment:
-    # every worker (and one restarted later) then serves the same lines in the same order, which request rows name
-    # by index, even if a line is promoted for the first time meanwhile.
-    os.environ[f"{PREFIX}MODELS"] = ",".join(lines)
     default = SETTINGS.default_model or (DEFAULT_LINE if DEFAULT_LINE in lines else lines[0])
     if default not in lines:
         raise ValueError(f"bad ganserve setting: GANSERVE_DEFAULT_MODEL={default!r} is not served; lines: {lines}")
@@ -335,7 +331,7 @@ class GANServe:
         label = _label_index(req.label, info["class_names"])
         first = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
         seeds = [(first + i) % MAX_SEED for i in range(req.n)]
-        rows = pack_request(seeds, label, req.truncation, LINES.index(line))
+        rows = pack_request(seeds, label, req.truncation, line_id(line))
         try:
             out = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
         except ServiceUnavailable:  # batched: the Generator has no model (restarted beside a bad file), or is full
