@@ -47,8 +47,7 @@ def encode_image(image: np.ndarray, fmt: str, *, quality: int | None = None, pro
     out = io.BytesIO()
     picture = _pil(image)
     if fmt == "webp":
-        lossy = {"quality": quality} if quality is not None else {"lossless": True, "quality": 100, "method": 0}
-        picture.save(out, "WEBP", xmp=xmp_packet(text), **lossy)
+        picture.save(out, "WEBP", xmp=xmp_packet(text), **_webp(quality))
     elif fmt == "jpeg":
         # 4:4:4: a GAN's images are small, and halving their colour resolution costs more than the bytes it saves
         picture.save(out, "JPEG", quality=quality or DEFAULT_JPEG_QUALITY, subsampling=0, xmp=xmp_packet(text))
@@ -69,8 +68,7 @@ def encode_animation(
     out = io.BytesIO()
     common = {"save_all": True, "append_images": rest, "duration": duration_ms, "loop": 0}
     if fmt == "webp":
-        lossy = {"quality": quality} if quality is not None else {"lossless": True, "quality": 100, "method": 0}
-        first.save(out, "WEBP", xmp=xmp_packet(text), **common, **lossy)
+        first.save(out, "WEBP", xmp=xmp_packet(text), **common, **_webp(quality))
     elif fmt == "gif":
         first.save(out, "GIF", comment=text.encode(), optimize=False, **common)
     else:
@@ -120,6 +118,11 @@ def xmp_packet(text: str) -> bytes:
         f"<ganserve:provenance>{escape(text)}</ganserve:provenance>"
         '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
     ).encode()
+
+
+def _webp(quality: int | None) -> dict:
+    """Pillow's WebP options: lossy at ``quality``, else lossless at its fastest setting."""
+    return {"quality": quality} if quality is not None else {"lossless": True, "quality": 100, "method": 0}
 
 
 def _pil(image: np.ndarray):

@@ -367,8 +367,9 @@ class GANServe:
         req = GenerateRequest.model_validate(body)
         fmt = _format(req.format, req.quality, None, FORMATS, "png")
         drawn = await self._images(req, "generate_batch")
+        alone = _reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=1)  # each image's request differs by its seed
         marks = [
-            _provenance(drawn, "/generate", _reproducing(req, drawn, fmt, seed=s, n=1), [i], req.truncation)
+            _provenance(drawn, "/generate", {**alone, "seed": s}, [i], req.truncation)
             for i, s in enumerate(drawn.seeds)
         ]
 
@@ -502,8 +503,8 @@ class GANServe:
         for other in LINES:
             try:
                 o = d if other == line else await self._describe(other, fresh=True)
-                models[other] = {k: o.get(k) for k in ("version", "image", "class_names", "gate")}
-                models[other]["model_version"] = models[other].pop("version")
+                models[other] = {"model_version": o["version"], "image": o["image"], "class_names": o["class_names"],
+                                 "gate": o.get("gate")}  # fmt: skip
             except _Refused as refused:
                 models[other] = {"not_ready": refused.body["error"]}
         return JSONResponse({

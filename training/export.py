@@ -171,24 +171,22 @@ def _export_discriminator(judged: _Judged, folder: Path, runtime: GeneratorRunti
     onnx.checker.check_model(onnx.load(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def logits(seeds: np.ndarray, reference: bool = False) -> np.ndarray:
-        drawn = runtime.generate(seeds)
-        if reference:
-            labels = torch.from_numpy(drawn.labels) if conditional else None
-            with torch.no_grad():
-                return judged(torch.from_numpy(drawn.images), labels).numpy()
+    def logits(drawn) -> np.ndarray:
         feeds = {"images": drawn.images, **({"labels": drawn.labels} if conditional else {})}
         return session.run(["logit"], feeds)[0]
 
     worst = 0.0
     for n in PARITY_BATCHES:
-        seeds = np.arange(1000, 1000 + n, dtype=np.int64)
-        got, expected = logits(seeds), logits(seeds, reference=True)
+        drawn = runtime.generate(np.arange(1000, 1000 + n, dtype=np.int64))
+        with torch.no_grad():
+            labels = torch.from_numpy(drawn.labels) if conditional else None
+            expected = judged(torch.from_numpy(drawn.images), labels).numpy()
+        got = logits(drawn)
         worst = max(worst, float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)))))
     if not worst <= LOGIT_PARITY:  # NaN too
         raise ExportError(f"the discriminator's ONNX logits differ from PyTorch by {worst:.3g} (relative; allowed: "
                           f"{LOGIT_PARITY}); nothing written")  # fmt: skip
-    burn_in = np.concatenate([logits(np.arange(start, min(start + 500, BURN_IN_SEEDS + BURN_IN)))
+    burn_in = np.concatenate([logits(runtime.generate(np.arange(start, min(start + 500, BURN_IN_SEEDS + BURN_IN))))
                               for start in range(BURN_IN_SEEDS, BURN_IN_SEEDS + BURN_IN, 500)])  # fmt: skip
     if not np.isfinite(burn_in).all():
         raise ExportError("the discriminator gives non-finite logits on G's samples; nothing written")
