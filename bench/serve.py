@@ -88,8 +88,8 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def hey(url: str, n: int, c: int, seconds: float) -> dict:
-    body = json.dumps({"n": n, "seed": 1})
+def hey(url: str, n: int, c: int, seconds: float, **options) -> dict:
+    body = json.dumps({"n": n, "seed": 1, **options})
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(c), "-m", "POST", "-T", "application/json", "-d", body, url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     statuses = {int(k): int(v) for k, v in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}

@@ -39,6 +39,8 @@ __all__ = [
     "MIN_TRUNCATION",
     "PROTOCOL",
     "TAIL",
+    "candidate_seeds",
+    "candidate_uniforms",
     "check_seeds",
     "check_truncation",
     "interpolation_path",
@@ -112,6 +114,26 @@ def labels_for_seeds(
     seeds = np.asarray(seeds, dtype=np.int64)
     labels = np.broadcast_to(np.asarray(-1 if labels is None else labels, dtype=np.int64), seeds.shape)
     return np.where((labels >= 0) & (labels < classes), labels, seeds % classes)
+
+
+def candidate_seeds(seeds: Sequence[int] | np.ndarray, j: int) -> np.ndarray:
+    """The seed of candidate ``j`` of each image seed, for rejection sampling (docs/LATENTS.md §7): candidate 0 is
+    the seed itself (so an image whose first candidate is accepted is its plain image), candidate j >= 1 is
+    ``squares32(s * 2**32 + 2**31 + j)``, a seed again, drawn by the model's own sampler with the seed's class.
+    The counters lie far above those of any latent entry, so no candidate shares a stream with its seed's latent."""
+    seeds = check_seeds(seeds)
+    if j == 0:
+        return seeds
+    return squares32(seeds.astype(np.uint64) * np.uint64(2**32) + np.uint64(2**31 + j)).astype(np.int64)
+
+
+def candidate_uniforms(seeds: Sequence[int] | np.ndarray, j: int) -> np.ndarray:
+    """The uniform number u in (0, 1) that decides whether candidate ``j`` of each image seed is accepted
+    (``u < acceptance``): ``(squares32(s * 2**32 + 2**31 + 2**30 + j) + 0.5) / 2**32``, in float64. A function of
+    the seed and j alone, so an image is the same whatever batch it was drawn in."""
+    seeds = check_seeds(seeds)
+    k = squares32(seeds.astype(np.uint64) * np.uint64(2**32) + np.uint64(2**31 + 2**30 + j))
+    return (k.astype(np.float64) + 0.5) / 2.0**32
 
 
 def interpolation_path(keys: int, frames: int, *, loop: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

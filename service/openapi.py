@@ -17,6 +17,14 @@ __all__ = ["Batch", "Problem", "document"]
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGES = {media: BINARY for media in ("image/png", "image/webp", "image/jpeg")}
 ANIMATIONS = {media: BINARY for media in ("image/webp", "image/gif", "image/png")}
+DRS_HEADERS = {
+    "X-Sampler": {"description": "plain, or drs (discriminator rejection sampling)", "schema": {"type": "string"}},
+    "X-Drs-Scores": {"description": "drs: each image's D logit, in grid order", "schema": {"type": "string"}},
+    "X-Drs-Candidates": {"description": "drs: candidates drawn for each image", "schema": {"type": "string"}},
+    "X-Drs-Accepted": {"description": "drs: 1 accepted, 0 none of max_candidates was (the best-scored is kept)",
+                       "schema": {"type": "string"}},
+    "X-Drs-Fallbacks": {"description": "drs: how many images had no accepted candidate", "schema": {"type": "string"}},
+}  # fmt: skip
 
 
 class Problem(BaseModel):
@@ -30,11 +38,18 @@ class Problem(BaseModel):
     allowed_indices: list[int] | None = Field(None, description="the first and last label index")
 
 
+class Drs(BaseModel):
+    score: float = Field(description="the discriminator's logit for the image")
+    candidates: int = Field(description="candidates drawn for it")
+    accepted: bool = Field(description="false: none of max_candidates was accepted; this is the best-scored")
+
+
 class GeneratedImage(BaseModel):
     seed: int = Field(description="reproduces the image")
     label: str | None = Field(description="the class name, for a conditional model")
     label_index: int | None
     data: str = Field(description="the image file, base64", json_schema_extra={"format": "byte"})
+    drs: Drs | None = Field(None, description="with sampler drs")
 
 
 class Batch(BaseModel):
@@ -42,6 +57,7 @@ class Batch(BaseModel):
     model_version: str = Field(description="the first 12 hex digits of the model file's sha256")
     format: str
     media_type: str
+    sampler: str = Field(description="plain, or drs (discriminator rejection sampling)")
     images: list[GeneratedImage]
 
 
@@ -84,7 +100,8 @@ def document(request: type[BaseModel], walk: type[BaseModel], *, api_key: bool, 
         "/generate": {"post": {
             "summary": "One image file (png, webp or jpeg): the image for n = 1, a grid (row by row) for n > 1",
             **generate,
-            "responses": {"200": {"description": "the image or grid", "headers": seeds_headers, "content": IMAGES},
+            "responses": {"200": {"description": "the image or grid", "headers": {**seeds_headers, **DRS_HEADERS},
+                                  "content": IMAGES},
                           **_problems(api_key, body=True), **not_acceptable},
         }},
         "/generate_batch": {"post": {

@@ -101,12 +101,28 @@ class Production:
             raise NotReady(self._not_ready())
         return self._description
 
-    def draw(self, seeds: np.ndarray, labels: np.ndarray, truncations: np.ndarray) -> np.ndarray:
-        """Image rows (``service.rows``) stamped with their labels and the version that drew them. Blocking: call it
-        off the event loop."""
+    def draw(
+        self, seeds: np.ndarray, labels: np.ndarray, truncations: np.ndarray, candidates: np.ndarray
+    ) -> np.ndarray:
+        """Image rows (``service.rows``) stamped with their labels and the version that drew them; rows with a
+        candidate bound are drawn by rejection sampling, by plain sampling when the model has no discriminator (a
+        swap to such a model landed after the request was checked: the rows say so). Blocking: call it off the
+        event loop."""
         runtime = self._runtime()  # one model for the whole batch, even if a promotion lands meanwhile
-        drawn = runtime.generate(seeds, labels, truncations)
-        return pack_images(drawn.images, drawn.labels, runtime.version)
+        drs = candidates > 0 if runtime.discriminator is not None else np.zeros(len(seeds), bool)
+        if not drs.any():
+            drawn = runtime.generate(seeds, labels, truncations)
+            return pack_images(drawn.images, drawn.labels, runtime.version)
+        parts = []
+        if not drs.all():
+            at = np.flatnonzero(~drs)
+            drawn = runtime.generate(seeds[at], labels[at], truncations[at])
+            parts.append((at, pack_images(drawn.images, drawn.labels, runtime.version)))
+        at = np.flatnonzero(drs)
+        drawn = runtime.rejection_sample(seeds[at], labels[at], truncations[at], candidates=candidates[at])
+        parts.append((at, pack_images(drawn.images, drawn.labels, runtime.version, scores=drawn.score,
+                                      candidates=drawn.candidates, accepted=drawn.accepted)))  # fmt: skip
+        return _merge(parts, len(seeds))
 
     def walk(self, keys: list[int], frames: int, labels: list[int], truncation: float | None, loop: bool) -> np.ndarray:
         """The frames of a walk between key seeds (``GeneratorRuntime.interpolate``) as image rows. Blocking."""
@@ -225,19 +241,15 @@ class Lines:
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """Request rows of any lines -> image rows, in the same order. Blocking."""
-        seeds, labels, truncations, lines = unpack_request(rows)
+        seeds, labels, truncations, lines, candidates = unpack_request(rows)
         first = lines[0]
         if (lines == first).all():  # every row of one line: the usual batch
-            return self._production(first).draw(seeds, labels, truncations)
+            return self._production(first).draw(seeds, labels, truncations, candidates)
         parts = []
         for index in np.unique(lines):
             at = np.flatnonzero(lines == index)
-            parts.append((at, self._production(index).draw(seeds[at], labels[at], truncations[at])))
-        widest = max(part.shape[1] for _, part in parts)
-        out = np.empty((len(rows), widest), np.uint8)
-        for at, part in parts:
-            out[at] = widen(part, widest)
-        return out
+            parts.append((at, self._production(index).draw(seeds[at], labels[at], truncations[at], candidates[at])))
+        return _merge(parts, len(rows))
 
     def walk(self, line: str, *args: Any) -> np.ndarray:
         return self._production(line_id(line)).walk(*args)
@@ -246,6 +258,16 @@ class Lines:
         if (name := self.by_id.get(int(line))) is None:  # a line first promoted after this process started
             raise NotReady("this worker started before the model line's first promotion; restart the service")
         return self.productions[name]
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]], rows: int) -> np.ndarray:
+    """Image rows drawn in parts (each with the indices it answers) -> one array in request order, padded to the
+    widest image (``service.rows.widen``)."""
+    widest = max(part.shape[1] for _, part in parts)
+    out = np.empty((rows, widest), np.uint8)
+    for at, part in parts:
+        out[at] = widen(part, widest)
+    return out
 
 
 def lines_in_store() -> list[str]:

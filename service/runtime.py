@@ -5,6 +5,10 @@ The model's graph draws its own latents (``service.latents``, as ONNX nodes in f
 layouts, the quality gate, export's parity check and the benchmarks all draw through it. No BentoML here, so the
 model path is testable alone; ``service.service`` wraps it in a BentoML service.
 
+Discriminator rejection sampling (``rejection_sample``, ``service/drs.py``) draws candidates for each seed from its
+own stream (``service.latents.candidate_seeds``) through ``generate``, scores them with the run's exported D
+(``discriminator.onnx``) and keeps the first accepted: the same image for a seed in any batch.
+
 Walks between seeds (``interpolate``) take the key latents from the same graph, bend the path between them
 (``service.latents.slerp``), and run the generator part of that graph alone on the frames' latents: the graph
 cut at ``z`` with onnx's extractor, built the first time a walk is asked for.
@@ -21,7 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from service.latents import PROTOCOL, check_seeds, check_truncation, interpolation_path, slerp
+from service.drs import DEFAULT_CANDIDATES, acceptance
+from service.latents import (
+    PROTOCOL,
+    candidate_seeds,
+    candidate_uniforms,
+    check_seeds,
+    check_truncation,
+    interpolation_path,
+    slerp,
+)
 from service.manifest import MODEL_NAME, Manifest, ManifestError, read_manifest
 from service.rows import VERSION_BYTES
 
@@ -33,11 +46,16 @@ log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serv
 @dataclass(frozen=True)
 class Drawn:
     """uint8 images N x H x W x C, the class each was drawn for (None: unconditional), and, when asked for,
-    whether each image's float output was free of NaN and Inf."""
+    whether each image's float output was free of NaN and Inf. Drawn by rejection sampling, also each image's
+    discriminator logit, how many candidates were drawn for it, and whether it was accepted (False: none of the
+    allowed candidates was, and this is the best-scored of them)."""
 
     images: np.ndarray
     labels: np.ndarray | None
     finite: np.ndarray | None = None
+    score: np.ndarray | None = None
+    candidates: np.ndarray | None = None
+    accepted: np.ndarray | None = None
 
 
 class GeneratorRuntime:
@@ -61,6 +79,11 @@ class GeneratorRuntime:
         self._generator: ort.InferenceSession | None = None  # the graph after z, for walks; made when first asked
         self._cutting = threading.Lock()
         self._check_contract()
+        self.discriminator: ort.InferenceSession | None = None
+        if self.manifest.discriminator is not None:  # read_manifest checked its sha256 too
+            d = str(self.folder / self.manifest.discriminator.file)
+            self.discriminator = ort.InferenceSession(d, self.options, providers=self.session.get_providers())
+            self._check_discriminator()
         # onnxruntime-gpu lists CUDA as available even without a usable GPU and then silently runs on CPU:
         # what the session actually got is the truth.
         self.provider = self.session.get_providers()[0]
@@ -88,6 +111,62 @@ class GeneratorRuntime:
         names = ["images"] + (["label"] if conditional else []) + (["finite"] if finite else [])
         out = dict(zip(names, self.session.run(names, feeds), strict=True))
         return Drawn(out["images"], out.get("label"), out.get("finite"))
+
+    def judge(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """The discriminator's float32 logits for uint8 NHWC images (and the classes they were drawn for)."""
+        if self.discriminator is None:
+            raise ManifestError(
+                f"{self.folder} has no discriminator (exported without its training run's D): re-export it with "
+                "ganserve export RUN_DIR to sample it with DRS"
+            )
+        feeds = {"images": images, **({"labels": labels} if self.manifest.conditional else {})}
+        return self.discriminator.run(["logit"], feeds)[0]
+
+    def rejection_sample(
+        self,
+        seeds: np.ndarray | list[int] | range,
+        labels: int | np.ndarray | None = None,
+        truncation: float | np.ndarray | None = None,
+        *,
+        candidates: int | np.ndarray = DEFAULT_CANDIDATES,
+        finite: bool = False,
+    ) -> Drawn:
+        """Images by discriminator rejection sampling (docs/LATENTS.md §7): for each seed, candidates j = 0, 1, ...
+        from its own stream, each accepted when its uniform is below ``service.drs.acceptance`` of its logit; the
+        first accepted is kept. At most ``candidates`` are drawn per image (one for all, or one per row); when none
+        is accepted, the best-scored one is kept and ``accepted`` says so. Rounds draw one candidate for every
+        image still open, so the batch shrinks as images are accepted."""
+        d = self.manifest.discriminator
+        first = self.generate(seeds, labels, truncation, finite=finite)  # candidate 0: the plain image
+        if d is None:
+            self.judge(first.images)  # raises, saying how to get a discriminator
+        seeds = check_seeds(seeds)
+        truncation = check_truncation(truncation, len(seeds))
+        bound = np.broadcast_to(np.asarray(candidates, np.int64), seeds.shape)
+        if (bound < 1).any():
+            raise ValueError(f"at least one candidate per image must be allowed, got {int(bound.min())}")
+        images, classes, ok = first.images.copy(), first.labels, None if first.finite is None else first.finite.copy()
+        score = self.judge(images, classes)
+        accepted = candidate_uniforms(seeds, 0) < acceptance(score, d.logit_max, d.gamma)
+        drawn = np.ones(len(seeds), np.int32)
+        open_ = np.flatnonzero(~accepted & (bound > 1))
+        j = 1
+        while open_.size:
+            rows = seeds[open_]
+            cls = None if classes is None else classes[open_]
+            got = self.generate(candidate_seeds(rows, j), cls, truncation[open_], finite=finite)
+            logit = self.judge(got.images, cls)
+            yes = candidate_uniforms(rows, j) < acceptance(logit, d.logit_max, d.gamma)
+            keep = yes | (logit > score[open_])  # the accepted one, or the best-scored so far for the fallback
+            at = open_[keep]
+            images[at], score[at] = got.images[keep], logit[keep]
+            if ok is not None:
+                ok[at] = got.finite[keep]
+            accepted[open_[yes]] = True
+            j += 1
+            drawn[open_] = j
+            open_ = open_[~yes & (bound[open_] > j)]
+        return Drawn(images, classes, ok, score=score, candidates=drawn, accepted=accepted)
 
     def interpolate(
         self,
@@ -135,7 +214,9 @@ class GeneratorRuntime:
 
     def warm_up(self) -> None:
         """One run before the service says it is ready, so the first request does not pay for allocation."""
-        self.generate([0])
+        drawn = self.generate([0])
+        if self.discriminator is not None:
+            self.judge(drawn.images, drawn.labels)
 
     def _check_contract(self) -> None:
         """seeds int64[N], truncation float32[N] (+ labels int64[N]) in; images uint8[N,H,W,C], finite and z
@@ -153,6 +234,17 @@ class GeneratorRuntime:
             raise ManifestError(
                 f"{self.folder / MODEL_NAME} is not a ganserve generator ({'; '.join(problems)}); it has inputs "
                 f"{sorted(inputs)} and outputs {sorted(outputs)}: export models with ganserve export"
+            )
+
+    def _check_discriminator(self) -> None:
+        """images uint8[N,H,W,C] (+ labels int64[N]) in, logit float32[N] out."""
+        inputs = {i.name: i.type for i in self.discriminator.get_inputs()}
+        outputs = {o.name: o.type for o in self.discriminator.get_outputs()}
+        want = {"images": "tensor(uint8)", **({"labels": "tensor(int64)"} if self.manifest.conditional else {})}
+        if inputs != want or outputs.get("logit") != "tensor(float)":
+            raise ManifestError(
+                f"{self.folder / self.manifest.discriminator.file} is not a ganserve discriminator: it must take "
+                f"{want} and give logit: tensor(float), and takes {inputs} and gives {outputs}"
             )
 
 

@@ -47,6 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service import openapi
 from service.batching import Batcher
+from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
 from service.guard import ClientErrorLog, Guard, what_is_wrong
 from service.imaging import tile
@@ -82,6 +83,17 @@ class _Drawn:
     line: str
     version: str
     protocol: str
+    sampler: str = "plain"
+    max_candidates: int | None = None  # rejection sampling's bound
+    scores: list[float] | None = None  # rejection sampling: the discriminator's logit for each image
+    candidates: list[int] | None = None  # ... the candidates drawn for it
+    accepted: list[bool] | None = None  # ... and whether one was accepted (False: the best-scored one, as fallback)
+
+    def drs(self, i: int) -> dict[str, Any] | None:
+        """Image i's rejection sampling: its discriminator logit, the candidates drawn, whether one was accepted."""
+        if self.scores is None:
+            return None
+        return {"score": round(self.scores[i], 6), "candidates": self.candidates[i], "accepted": self.accepted[i]}
 
 
 class _Refused(Exception):
@@ -117,6 +129,14 @@ class GenerateRequest(BaseModel):
     ] = None
     quality: Annotated[
         int | None, Field(ge=1, le=100, description="jpeg (default 90) and webp (default: lossless) only")
+    ] = None
+    sampler: Annotated[
+        Literal["plain", "drs"] | None,
+        Field(description="drs: discriminator rejection sampling; else the model's default (/info: sampler)"),
+    ] = None
+    max_candidates: Annotated[
+        int | None,
+        Field(ge=1, le=MAX_CANDIDATES, description=f"drs: candidates per image at most (default {DEFAULT_CANDIDATES})"),
     ] = None
 
 
@@ -331,7 +351,8 @@ class GANServe:
         label = _label_index(req.label, info["class_names"])
         first = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
         seeds = [(first + i) % MAX_SEED for i in range(req.n)]
-        rows = pack_request(seeds, label, req.truncation, line_id(line))
+        sampler, bound = _sampler(req, info)
+        rows = pack_request(seeds, label, req.truncation, line_id(line), bound if sampler == "drs" else 0)
         try:
             out = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
         except ServiceUnavailable:  # batched: the Generator has no model (restarted beside a bad file), or is full
@@ -342,7 +363,12 @@ class GANServe:
         indices = drawn.labels or [None] * req.n
         names = [None if i is None else info["class_names"][i] for i in indices]
         self.images_total.labels(endpoint=endpoint, model=line).inc(req.n)
-        return _Drawn(seeds, indices, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"])
+        drs = drawn.scores is not None  # False also when a swap to a model without a D landed meanwhile
+        return _Drawn(
+            seeds, indices, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"],
+            sampler="drs" if drs else "plain", max_candidates=bound if drs else None, scores=drawn.scores,
+            candidates=drawn.candidates, accepted=drawn.accepted,
+        )  # fmt: skip
 
     async def _drew(self, line: str, info: dict[str, Any], version: str) -> dict[str, Any]:
         """The description of the model that drew images stamped ``version``: a promotion may have landed."""
@@ -359,7 +385,15 @@ class GANServe:
         data = await _cpu(_cost(images, fmt), lambda: encode_image(
             images[0] if len(images) == 1 else tile(images), fmt, quality=req.quality, provenance=mark
         ))  # fmt: skip
-        headers = {"X-Seeds": ",".join(map(str, drawn.seeds)), "X-Model-Version": drawn.version, "X-Model": drawn.line}
+        headers = {"X-Seeds": ",".join(map(str, drawn.seeds)), "X-Model-Version": drawn.version, "X-Model": drawn.line,
+                   "X-Sampler": drawn.sampler}  # fmt: skip
+        if drawn.scores is not None:
+            headers |= {
+                "X-Drs-Scores": ",".join(f"{s:.6g}" for s in drawn.scores),
+                "X-Drs-Candidates": ",".join(map(str, drawn.candidates)),
+                "X-Drs-Accepted": ",".join(str(int(a)) for a in drawn.accepted),
+                "X-Drs-Fallbacks": str(drawn.accepted.count(False)),
+            }
         return Response(data, media_type=FORMATS[fmt], headers=headers)
 
     async def _batch(self, body: Any) -> dict[str, Any]:
@@ -385,9 +419,12 @@ class GANServe:
             "model_version": drawn.version,
             "format": fmt,
             "media_type": FORMATS[fmt],
+            "sampler": drawn.sampler,
             "images": [
-                {"seed": s, "label": name, "label_index": i, "data": data}
-                for s, i, name, data in zip(drawn.seeds, drawn.labels, drawn.names, files, strict=True)
+                {"seed": s, "label": name, "label_index": i, "data": data, **({"drs": drs} if drs else {})}
+                for s, i, name, data, drs in zip(
+                    drawn.seeds, drawn.labels, drawn.names, files, map(drawn.drs, range(req.n)), strict=True
+                )
             ],
         }
 
@@ -504,7 +541,7 @@ class GANServe:
             try:
                 o = d if other == line else await self._describe(other, fresh=True)
                 models[other] = {"model_version": o["version"], "image": o["image"], "class_names": o["class_names"],
-                                 "gate": o.get("gate")}  # fmt: skip
+                                 "gate": o.get("gate"), "sampler": _default_sampler(o)}  # fmt: skip
             except _Refused as refused:
                 models[other] = {"not_ready": refused.body["error"]}
         return JSONResponse({
@@ -517,13 +554,16 @@ class GANServe:
             "latent_protocol": d["latent_protocol"],
             "class_names": d["class_names"],
             "gate": d.get("gate"),
+            "sampler": _default_sampler(d),
+            "discriminator": d.get("discriminator"),
             "refused": d["refused"],
             "history": await asyncio.to_thread(history, line),
             "models": models,
             "limits": {"n": [1, SETTINGS.max_n], "seed": [0, MAX_SEED - 1],
                        "truncation": f"{MIN_TRUNCATION} <= t <= {MAX_TRUNCATION:g}",
                        "max_concurrency": SETTINGS.max_concurrency, "auth": SETTINGS.api_key is not None,
-                       "formats": list(FORMATS),
+                       "formats": list(FORMATS), "samplers": ["plain", "drs"],
+                       "max_candidates": [1, MAX_CANDIDATES], "default_candidates": DEFAULT_CANDIDATES,
                        "interpolate": {"keys": [2, MAX_KEYS], "frames": [1, MAX_SEGMENT_FRAMES],
                                        "formats": list(ANIMATIONS), "max_frames": SETTINGS.max_frames,
                                        "max_bytes": SETTINGS.max_walk_bytes}},
@@ -579,10 +619,12 @@ def _shaped(pixels: np.ndarray, info: dict[str, Any]) -> np.ndarray:
 
 def _reproducing(req: GenerateRequest, drawn: _Drawn, fmt: str, *, seed: int, n: int) -> dict[str, Any]:
     """The /generate body that draws this file again: its seed, line and format written out."""
-    asked = req.model_dump(exclude_none=True, exclude={"seed", "n", "model", "format"})
+    asked = req.model_dump(exclude_none=True, exclude={"seed", "n", "model", "format", "sampler", "max_candidates"})
     if "label" in asked and drawn.names[0] is not None:
         asked["label"] = drawn.names[0]  # by name: a class index can mean another class in a later model
-    return {"n": n, "seed": seed, **asked, "model": drawn.line, "format": fmt}
+    # the sampler as used, not as defaulted: a later model's default may differ
+    drs = {"max_candidates": drawn.max_candidates} if drawn.sampler == "drs" else {}
+    return {"n": n, "seed": seed, **asked, "model": drawn.line, "format": fmt, "sampler": drawn.sampler, **drs}
 
 
 def _provenance(
@@ -600,9 +642,32 @@ def _provenance(
         "latent_protocol": drawn.protocol,
         **({"seed": seeds[0], "label": names[0]} if one else {"seeds": seeds, "label": names}),
         "truncation": truncation,
+        **({"sampler": drawn.sampler} if endpoint == "/generate" else {}),
+        **({"drs": drawn.drs(which[0])} if one and drawn.scores is not None else {}),
         "endpoint": endpoint,
         "request": request,
     }
+
+
+def _default_sampler(info: dict[str, Any]) -> str:
+    """The sampler a request without ``sampler`` gets: drs when the gate found that it helps this model (its
+    manifest's gate headline), plain otherwise (no discriminator, not judged with DRS, or no clear gain)."""
+    drs = (info.get("gate") or {}).get("drs") or {}
+    return "drs" if info.get("discriminator") and drs.get("sampler") == "drs" else "plain"
+
+
+def _sampler(req: GenerateRequest, info: dict[str, Any]) -> tuple[str, int]:
+    """The request's sampler and candidate bound, or a 400 saying why they cannot apply to this model."""
+    sampler = req.sampler or _default_sampler(info)
+    if sampler == "drs" and not info.get("discriminator"):
+        raise _Refused(400, {
+            "error": f"model {info['model']} version {info['version']} has no discriminator to sample with DRS "
+            "(exported without its training run's D); use sampler plain",
+            "allowed": ["plain"],
+        })  # fmt: skip
+    if req.max_candidates is not None and sampler != "drs":
+        raise _Refused(400, {"error": "max_candidates applies to sampler drs only", "allowed": ["drs"]})
+    return sampler, req.max_candidates or DEFAULT_CANDIDATES
 
 
 def _cost(images: np.ndarray, fmt: str) -> int:

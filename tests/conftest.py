@@ -193,6 +193,30 @@ class LabelledBlobs(BlobGenerator):
         return ((background * (1 - mask) + self.square * mask) / 127.5 - 1).unsqueeze(1)
 
 
+class SquareJudge(torch.nn.Module):
+    """A discriminator written by hand for the blob generators: logit ``log(weights[k])`` for an image showing class
+    k's square. So exp(logit) is a known density ratio p_data / p_g: at gamma 0, rejection sampling must draw class k
+    ``weights[k]`` times as often, relative to the others, as plain sampling does."""
+
+    def __init__(self, weights: tuple[float, ...] = (4.0, 1.0, 1.0, 1.0), size: int = 28) -> None:
+        super().__init__()
+        masks = BlobGenerator(size=size, classes=len(weights)).masks
+        self.register_buffer("masks", masks / masks.sum(dim=(1, 2), keepdim=True))
+        self.register_buffer("logits", torch.log(torch.tensor(weights, dtype=torch.float32)))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # each square's mean level: 0.8 in [-1, 1] where the square is, below -0.6 on the background
+        inside = torch.einsum("nhw,khw->nk", x[:, 0], self.masks)
+        return ((inside > 0).to(torch.float32) * self.logits).sum(dim=1)
+
+
+class ConstantJudge(torch.nn.Module):
+    """A discriminator that learned nothing: the same logit for every image."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return x[:, 0, 0, 0] * 0 + 1.5
+
+
 # --- a real server ----------------------------------------------------------------------------------------------------
 
 CLASSES = ["top-left", "upper", "lower", "bottom-right"]  # LabelledBlobs' four classes, by where the square sits

@@ -6,10 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import BlobGenerator
+from conftest import BlobGenerator, ConstantJudge, SquareJudge
 
 from service.drs import acceptance, gamma_for, shifted_logit
-from service.manifest import DISCRIMINATOR_NAME, ImageSpec, ManifestError, read_manifest
+from service.latents import candidate_seeds
+from service.manifest import DISCRIMINATOR_NAME, ImageSpec, ManifestError, read_manifest, write_manifest
+from service.runtime import GeneratorRuntime
 from training.export import export_module
 
 
@@ -65,3 +67,98 @@ def test_the_discriminator_travels_verified_beside_the_generator(tmp_path):
     old["schema_version"] = 1
     (copy / "manifest.json").write_text(json.dumps(old))
     assert read_manifest(copy).discriminator is None  # a schema-1 folder reads as one without D
+
+
+# --- rejection sampling through the runtime, on hand-made models with a known density ratio -------------------------
+
+IMAGE = ImageSpec(height=28, width=28, channels=1)
+LATENT = 800
+
+
+def square_class(images: np.ndarray) -> np.ndarray:
+    """Which of the blob generator's four squares each image shows (the squares sit on the diagonal, 7 px each)."""
+    levels = np.stack([images[:, 7 * k : 7 * k + 7, 7 * k : 7 * k + 7, 0].mean(axis=(1, 2)) for k in range(4)], 1)
+    return levels.argmax(axis=1)
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory) -> dict[str, GeneratorRuntime]:
+    """Blob generators with a D that favours class 0 fourfold (at gamma 0), with one that learned nothing, and with
+    none."""
+    root = tmp_path_factory.mktemp("drs")
+    export_module(BlobGenerator(), root / "square", latent_dim=LATENT, image=IMAGE, discriminator=SquareJudge())
+    export_module(BlobGenerator(), root / "constant", latent_dim=LATENT, image=IMAGE, discriminator=ConstantJudge())
+    export_module(BlobGenerator(), root / "none", latent_dim=LATENT, image=IMAGE)
+    exact = root / "square-gamma0"  # the paper's gamma = 0: acceptance exp(logit - max), the exact density ratio
+    shutil.copytree(root / "square", exact)
+    manifest = read_manifest(exact)
+    write_manifest(exact, manifest.model_copy(update={"discriminator": manifest.discriminator.model_copy(
+        update={"gamma": 0.0})}))  # fmt: skip
+    return {name: GeneratorRuntime(root / name) for name in ("square", "square-gamma0", "constant", "none")}
+
+
+def test_an_image_drawn_with_drs_is_the_same_alone_and_in_any_batch(judged):
+    model = judged["square"]
+    batch = model.rejection_sample(range(100, 164))
+    assert batch.candidates.max() > 1  # some seeds needed more than one candidate
+    for i in (0, int(np.argmax(batch.candidates)), 63):
+        alone = model.rejection_sample([100 + i])
+        np.testing.assert_array_equal(alone.images[0], batch.images[i])
+        assert (alone.score[0], alone.candidates[0], alone.accepted[0]) == (
+            batch.score[i], batch.candidates[i], batch.accepted[i])  # fmt: skip
+    shuffled = model.rejection_sample([163, 100, 131])
+    np.testing.assert_array_equal(shuffled.images, batch.images[[63, 0, 31]])
+
+
+def test_drs_draws_the_density_ratio_its_discriminator_states(judged):
+    """At gamma 0 a sample is accepted with probability exp(logit - max): class 0 (logit log 4) always, the others
+    a quarter of the time, so class 0 makes 4 / 7 of the images where plain sampling gives it 1 / 4."""
+    seeds = range(4000)
+    plain = square_class(judged["square"].generate(seeds).images)
+    drawn = judged["square-gamma0"].rejection_sample(seeds)
+    share = np.mean(square_class(drawn.images) == 0)
+    assert abs(np.mean(plain == 0) - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
+    assert abs(share - 4 / 7) < 4 * np.sqrt(4 / 7 * 3 / 7 / 4000), share
+    # a candidate is accepted with probability 1/4 + 3/4 x 1/4 = 7/16: none of 16 for (9/16)^16 = 1e-4 of images
+    assert drawn.candidates.mean() == pytest.approx(16 / 7, rel=0.05) and np.mean(~drawn.accepted) < 1e-3
+
+
+def test_a_discriminator_that_learned_nothing_degrades_to_plain_sampling(judged):
+    """A constant logit accepts every candidate alike (the calibrated 50 %): the images are plain samples, drawn
+    from other seeds of the stream, with the plain class shares."""
+    seeds = range(4000)
+    drawn = judged["constant"].rejection_sample(seeds)
+    plain = judged["constant"].generate(seeds)
+    assert np.unique(drawn.score).tolist() == [1.5]
+    assert drawn.candidates.mean() == pytest.approx(2.0, rel=0.05)  # 1 / acceptance
+    kept_first = drawn.candidates == 1
+    np.testing.assert_array_equal(drawn.images[kept_first], plain.images[kept_first])  # candidate 0: the plain image
+    shares = np.bincount(square_class(drawn.images), minlength=4) / len(seeds)
+    np.testing.assert_allclose(shares, 0.25, atol=4 * np.sqrt(0.25 * 0.75 / 4000))
+
+
+def test_the_candidate_bound_is_enforced_and_a_fallback_is_the_best_scored_candidate(judged):
+    model = judged["square"]
+    seeds = np.arange(500, 700)
+    one = model.rejection_sample(seeds, candidates=1)
+    assert (one.candidates == 1).all() and not one.accepted.all()  # some first candidates were rejected: kept anyway
+    np.testing.assert_array_equal(one.images, model.generate(seeds).images)  # with one candidate: plain sampling
+    bound = model.rejection_sample(seeds, candidates=3)
+    assert bound.candidates.max() == 3 and (bound.candidates[~bound.accepted] == 3).all()
+    fell_back = np.flatnonzero(~bound.accepted)
+    assert fell_back.size, "no image exhausted its 3 candidates: pick seeds that do"
+    for i in fell_back[:5]:  # the best of its three candidates, by the discriminator's own score
+        tries = [model.generate(candidate_seeds([seeds[i]], j), labels=None) for j in range(3)]
+        scores = [model.judge(t.images)[0] for t in tries]
+        assert bound.score[i] == max(scores)
+        np.testing.assert_array_equal(bound.images[i], tries[int(np.argmax(scores))].images[0])
+    per_row = model.rejection_sample(seeds[:4], candidates=np.array([1, 2, 3, 4]))
+    assert (per_row.candidates <= [1, 2, 3, 4]).all()
+    with pytest.raises(ValueError, match="at least one candidate"):
+        model.rejection_sample([1], candidates=0)
+
+
+def test_a_model_without_a_discriminator_says_how_to_get_one(judged):
+    assert judged["none"].discriminator is None
+    with pytest.raises(ManifestError, match="has no discriminator.*ganserve export"):
+        judged["none"].rejection_sample([1])

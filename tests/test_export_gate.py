@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import Black, BlobGenerator, Replay, blob_dataset, tiny_config
+from conftest import Black, BlobGenerator, ConstantJudge, Replay, SquareJudge, blob_dataset, tiny_config
 
 from service.latents import PROTOCOL, latents_for_seeds
 from service.manifest import ImageSpec, Manifest, ManifestError, file_sha256, read_manifest, write_manifest
@@ -203,6 +203,31 @@ def test_rejects_a_worse_generator_when_production_is_better(world, tmp_path):
     assert report["decision"] == "reject"  # ...but not against a better production
     assert "fid" in failed(report)  # beyond its interval; the judges see a class mix only weakly (TV 0.11)
     assert report["figures"]["difference"]["fid"]["ci95"][0] > 0
+
+
+def test_the_gate_judges_with_and_without_drs_and_picks_the_sampler_by_the_evidence(world, tmp_path):
+    """A generator that draws class 3 at 1/7 instead of 1/4, with a D that knows the density ratio (class 3: 1.75,
+    the others 0.875): rejection sampling restores the class mix, and the gate sees it on the same seeds. A D that
+    learned nothing changes nothing, and the gate does not claim that it helps."""
+    skewed = BlobGenerator(allowed=(0, 0, 1, 1, 2, 2, 3))
+    export_module(skewed, tmp_path / "knows", latent_dim=LATENT, image=IMAGE,
+                  discriminator=SquareJudge((0.875, 0.875, 0.875, 1.75)))  # fmt: skip
+    export_module(skewed, tmp_path / "blind", latent_dim=LATENT, image=IMAGE, discriminator=ConstantJudge())
+    report = judge(world, tmp_path / "knows", cfg=FAST.model_copy(update={"samples": 2000}))
+    plain, drs = report["figures"]["candidate"], report["figures"]["candidate_drs"]
+    verdict = report["figures"]["drs"]
+    assert verdict["verdict"] == "helps" and verdict["sampler"] == "drs", json.dumps(verdict)
+    assert drs["fid"] < plain["fid"] and verdict["fid"]["ci95"][1] < 0
+    assert drs["min_class_share"] > plain["min_class_share"] + 0.05  # class 3, from 1/7 towards 1/4
+    assert verdict["candidates_per_image"] == pytest.approx(2.0, rel=0.1) and verdict["fallback_share"] < 0.01
+    write_report(tmp_path / "knows", report)
+    assert read_manifest(tmp_path / "knows").gate["drs"]["sampler"] == "drs"  # what the service defaults to
+    assert "## Rejection sampling (DRS): helps" in (tmp_path / "knows" / "report.md").read_text()
+    blind = judge(world, tmp_path / "blind")["figures"]["drs"]
+    assert blind["verdict"] != "helps" and blind["sampler"] == "plain"
+    assert blind["candidates_per_image"] == pytest.approx(2.0, rel=0.1)
+    off = judge(world, tmp_path / "knows", cfg=FAST.model_copy(update={"drs": False}))
+    assert "drs" not in off["figures"] and "candidate_drs" not in off["figures"]
 
 
 def test_gate_refuses_an_evaluator_of_another_shape(world, tmp_path):

@@ -7,7 +7,16 @@ import pytest
 from PIL import Image
 
 from service.imaging import encode_png, grid_shape, tile, to_uint8
-from service.latents import KEY, MAX_TRUNCATION, MIN_TRUNCATION, labels_for_seeds, latents_for_seeds, squares32
+from service.latents import (
+    KEY,
+    MAX_TRUNCATION,
+    MIN_TRUNCATION,
+    candidate_seeds,
+    candidate_uniforms,
+    labels_for_seeds,
+    latents_for_seeds,
+    squares32,
+)
 
 # Pinned: the first entries of a few seeds' latents, untruncated and at t = 0.5 (docs/LATENTS.md lists them as the
 # protocol's test vectors). A change here changes every image.
@@ -15,6 +24,12 @@ GOLDEN = {
     0: ([0.0325489, -0.5177609, -0.3248308, -0.4342242], [0.0124619, -0.1909036, -0.1225385, -0.1618991]),
     7: ([-1.255169, -0.5407188, -0.6762605, 0.4243236], [-0.3890135, -0.1986922, -0.242869, 0.1583969]),
     2**32 - 1: ([-0.4819943, 1.0167491, 0.4429044, -0.1165691], [-0.1786085, 0.3378142, 0.1649587, -0.0445511]),
+}
+# Pinned: rejection sampling's candidate seeds (j = 0..3) and uniforms (j = 0..2), docs/LATENTS.md §7.
+CANDIDATES = {
+    0: ([0, 2447725972, 2675968351, 4061738901], [0.00221455, 0.915380688, 0.645756902]),
+    7: ([7, 3272257864, 3576100046, 1384883264], [0.175169465, 0.458507486, 0.120497822]),
+    2**32 - 1: ([2**32 - 1, 4239019546, 2304916327, 3527387312], [0.647397839, 0.578894476, 0.340032095]),
 }
 SQUARES32 = {0: 2203244565, 1: 1298422897, 2**32: 1611993938, 7 * 2**32 + 3: 2853297143, 2**64 - 1: 2312683815}
 
@@ -66,6 +81,23 @@ def test_the_protocol_gives_its_pinned_values(seed):
     plain, truncated = GOLDEN[seed]
     np.testing.assert_allclose(latents_for_seeds([seed], 4)[0], plain, rtol=0, atol=1e-6)
     np.testing.assert_allclose(latents_for_seeds([seed], 4, truncation=0.5)[0], truncated, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", sorted(CANDIDATES))
+def test_candidate_streams_give_their_pinned_values(seed):
+    seeds, uniforms = CANDIDATES[seed]
+    assert [int(candidate_seeds([seed], j)[0]) for j in range(4)] == seeds
+    assert [squares32_in_python(seed * 2**32 + 2**31 + j) for j in (1, 2, 3)] == seeds[1:]
+    np.testing.assert_allclose([candidate_uniforms([seed], j)[0] for j in range(3)], uniforms, rtol=0, atol=1e-9)
+
+
+def test_candidate_streams_are_per_seed_and_uniform():
+    batch = np.array([3, 7, 11])
+    np.testing.assert_array_equal(candidate_seeds(batch, 5)[1], candidate_seeds([7], 5)[0])
+    u = np.concatenate([candidate_uniforms(range(2000), j) for j in range(10)])
+    assert ((u > 0) & (u < 1)).all() and abs(u.mean() - 0.5) < 0.01
+    u.sort()  # Kolmogorov-Smirnov against U(0, 1) at 0.1 %
+    assert np.abs(u - np.arange(1, len(u) + 1) / len(u)).max() < 1.95 / math.sqrt(len(u))
 
 
 def test_truncation_draws_the_truncated_normal_at_any_strength():

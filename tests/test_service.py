@@ -9,7 +9,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import CLASSES, BlobGenerator, LabelledBlobs, Server, Tinted, promote
+from conftest import CLASSES, BlobGenerator, LabelledBlobs, Server, SquareJudge, Tinted, promote
 from PIL import Image
 
 from service.imaging import grid_shape, tile
@@ -31,7 +31,9 @@ def layout(request) -> str:
 @pytest.fixture(scope="module")
 def home(layout, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"serve-{layout}")
-    export_module(LabelledBlobs(), root / "conditional", latent_dim=800, image=IMAGE, class_names=CLASSES)
+    # D favours class 0's square: DRS accepts about a third of the other classes' candidates
+    export_module(LabelledBlobs(), root / "conditional", latent_dim=800, image=IMAGE, class_names=CLASSES,
+                  discriminator=SquareJudge())  # fmt: skip
     export_module(BlobGenerator(square=120), root / "plain", latent_dim=800, image=IMAGE)
     export_module(Tinted(), root / "tinted", latent_dim=300, image=TINTED)
     export_module(Tinted((0.1, 0.4, 1.0)), root / "tinted-blue", latent_dim=300, image=TINTED)
@@ -99,9 +101,9 @@ def test_the_service_the_gate_and_the_runtime_draw_the_same_images(server, home)
     np.testing.assert_array_equal(by_seed.images[0, ..., 0], served)
     assert named["label_index"] == by_seed.labels[0] == 2 and named["label"] == CLASSES[2]  # 10 mod 4 classes
     np.testing.assert_array_equal(runtime.generate([10], 2, 0.5).images[0, ..., 0], truncated)
-    images, _, labels = _sample(_open(home / "conditional"), range(10, 11))
-    np.testing.assert_array_equal(images[0, ..., 0], served)
-    assert labels.tolist() == by_seed.labels.tolist()
+    judged = _sample(_open(home / "conditional"), range(10, 11))
+    np.testing.assert_array_equal(judged.images[0, ..., 0], served)
+    assert judged.labels.tolist() == by_seed.labels.tolist()
 
 
 def tile_at(grid: np.ndarray, n: int, i: int, size: int = 28, pad: int = 2) -> np.ndarray:
@@ -227,6 +229,50 @@ def test_info_health_metrics_and_openapi(server):
     assert f'version="{info["model_version"]}"' in metrics
     assert "/generate" in httpx.get(f"{server.url}/docs.json").json()["paths"]
     assert "<title>ganserve</title>" in httpx.get(f"{server.url}/ui").text
+
+
+def test_drs_over_http_reproducible_bounded_and_reported(server):
+    """sampler drs: each image is its seed's first accepted candidate, the same alone, in a grid and in a batch; its
+    D score, candidates and acceptance are in headers and JSON; the bound is enforced and its fallbacks counted."""
+    grid = post(server, n=6, seed=40, label="upper", sampler="drs")
+    assert grid.status_code == 200 and grid.headers["x-sampler"] == "drs"
+    candidates = [int(c) for c in grid.headers["x-drs-candidates"].split(",")]
+    accepted = grid.headers["x-drs-accepted"].split(",")
+    assert len(grid.headers["x-drs-scores"].split(",")) == 6 and max(candidates) > 1 and max(candidates) <= 16
+    assert grid.headers["x-drs-fallbacks"] == str(accepted.count("0"))
+    batch = post(server, "/generate_batch", n=6, seed=40, label="upper", sampler="drs").json()
+    assert batch["sampler"] == "drs" and [i["drs"]["candidates"] for i in batch["images"]] == candidates
+    for i in (0, candidates.index(max(candidates))):
+        alone = post(server, n=1, seed=40 + i, label="upper", sampler="drs")
+        np.testing.assert_array_equal(png(alone.content), tile_at(png(grid.content), 6, i))
+        np.testing.assert_array_equal(png(alone.content), png(base64.b64decode(batch["images"][i]["data"])))
+        mark = provenance(alone.content)
+        assert mark["sampler"] == "drs" and mark["drs"] == batch["images"][i]["drs"]
+        assert mark["request"]["sampler"] == "drs" and mark["request"]["max_candidates"] == 16
+    plain = post(server, n=6, seed=40, label="upper")
+    assert plain.headers["x-sampler"] == "plain" and "x-drs-scores" not in plain.headers  # no gate verdict: plain
+    assert provenance(plain.content)["request"]["sampler"] == "plain"
+    one = post(server, n=32, seed=40, label="upper", sampler="drs", max_candidates=1)
+    assert set(one.headers["x-drs-candidates"].split(",")) == {"1"} and int(one.headers["x-drs-fallbacks"]) > 5
+    plain_32 = post(server, n=32, seed=40, label="upper")
+    np.testing.assert_array_equal(png(one.content), png(plain_32.content))  # one candidate: the plain images
+    info = httpx.get(f"{server.url}/info").json()
+    assert info["sampler"] == "plain" and info["discriminator"]["target_acceptance"] == 0.5
+    assert info["limits"]["samplers"] == ["plain", "drs"] and info["limits"]["max_candidates"] == [1, 64]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"sampler": "drs", "model": "tinted"}, "has no discriminator"),
+        ({"max_candidates": 4}, "max_candidates applies to sampler drs"),
+        ({"sampler": "drs", "max_candidates": 65}, "less than or equal to 64"),
+        ({"sampler": "best"}, "'plain' or 'drs'"),
+    ],
+)
+def test_drs_requests_it_cannot_serve_get_a_400_that_says_why(server, body, says):
+    r = post(server, **body)
+    assert r.status_code == 400 and says in r.json()["error"] + str(r.json().get("detail")), r.json()
 
 
 def test_two_lines_are_served_side_by_side(server):

@@ -97,6 +97,7 @@ def model_metadata(manifest: Any, report: dict | None, decision: str | None = No
     """What ``ganserve models`` shows of a model: its hash, run, and the gate's decision and headline figures
     (those it has: BentoML's metadata takes no None)."""
     figures = (report or {}).get("figures", {}).get("candidate", {})
+    drs = (report or {}).get("figures", {}).get("drs", {})
     shown = {
         "sha256": manifest.sha256,
         "run_id": manifest.training.run_id if manifest.training else None,
@@ -105,6 +106,8 @@ def model_metadata(manifest: Any, report: dict | None, decision: str | None = No
         "fid": figures.get("fid"),
         "feature_judge_accuracy": figures.get("feature_judge", {}).get("accuracy"),
         "pixel_judge_accuracy": figures.get("pixel_judge", {}).get("accuracy"),
+        "drs": drs.get("verdict"),
+        "fid_drs": drs.get("fid", {}).get("drs"),
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items() if v is not None}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from service.lines import DEFAULT_LINE
-from service.manifest import read_manifest, write_manifest
+from service.manifest import read_manifest
 from training.artifacts import new_run_dir
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from training.config import RunConfig
@@ -79,10 +79,8 @@ def retrain(
     report = evaluate(
         model_dir, evaluator=evaluator, production=production.path if production else None, checkpoint=run_dir, cfg=gate
     )
-    write_report(model_dir, report)
+    write_report(model_dir, report)  # and its headline into the manifest
     manifest = read_manifest(model_dir)
-    manifest.gate = _headline(report)
-    write_manifest(model_dir, manifest)
 
     candidate = registry.add_candidate(model_dir, metadata=model_metadata(manifest, report))
     if report["decision"] == "pass":
@@ -92,19 +90,3 @@ def retrain(
         status = "rejected"
     state_path.unlink(missing_ok=True)
     return RetrainResult(status, candidate.tag, model_dir, report["reasons"])
-
-
-def _headline(report: dict) -> dict:
-    c = report["figures"]["candidate"]
-    return {
-        "decision": report["decision"],
-        "reasons": report["reasons"],
-        "fid": c["fid"],
-        "kid": c["kid"],
-        "class_entropy": c.get("class_entropy"),  # labelled data only
-        "feature_judge_accuracy": c["feature_judge"]["accuracy"],
-        "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
-        "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
-        "evaluator_sha256": report["evaluator"]["sha256"],
-        "against": report["production"]["sha256"] if report["production"] else None,
-    }

@@ -15,6 +15,10 @@ evaluator against the same held-out real images the GAN never trained on, in one
    lies above a small tolerance: worse beyond the noise this data size allows.
 5. Discriminator checks: a feature-space judge (the primary statistic) and fresh pixel-space judges; relative to
    production with margin plus interval, and an absolute ceiling on the feature judge. They also give JSD bounds.
+6. Rejection sampling (``service/drs.py``): a candidate exported with its D is judged a second time on the same
+   seeds sampled with DRS, every figure again, plus the paired FID difference DRS - plain and what DRS cost
+   (candidates per image, fallbacks). The verdict (helps / hurts / no detectable difference) decides the sampler
+   the service uses for the model by default; the gate's decision itself judges plain sampling.
 The GAN's own discriminator, when its checkpoint is at hand, is scored as a diagnostic only. The report's ``power``
 section states the held-out size and the smallest differences this run could have detected.
 With no production model the absolute checks alone decide. Every threshold lives in ``GateConfig``.
@@ -22,6 +26,7 @@ With no production model the absolute checks alone decide. Every threshold lives
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,9 +38,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from service.errors import GanserveError
-from service.manifest import Manifest, ManifestError
-from service.runtime import GeneratorRuntime
+from service.manifest import Manifest, ManifestError, write_manifest
+from service.runtime import Drawn, GeneratorRuntime
 from training.artifacts import save_grid
 from training.config import DataConfig
 from training.data import Splits, load_splits
@@ -43,7 +49,7 @@ from training.judging import metrics
 from training.judging.evaluator import Evaluator, data_key, find_evaluator
 from training.judging.selftest import run_selftest
 
-__all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
+__all__ = ["GateConfig", "GateError", "evaluate", "headline", "write_report"]
 
 log = logging.getLogger("ganserve.gate")
 REPORT_SCHEMA = 2
@@ -87,6 +93,9 @@ class GateConfig(BaseModel):
     fid_margin: float = Field(0.02, description="relative: reject when FID(c) - FID(p) > margin x FID(p) beyond noise")
     feature_judge_margin: float = 0.01
     pixel_judge_margin: float = 0.03
+    # rejection sampling
+    drs: bool = Field(True, description="also judge the candidate sampled with DRS, when it was exported with its D")
+    drs_candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES, description="DRS bound per image")
 
 
 def _open(folder: Path) -> GeneratorRuntime:
@@ -97,11 +106,18 @@ def _open(folder: Path) -> GeneratorRuntime:
         raise GateError(str(err)) from None
 
 
-def _sample(model: GeneratorRuntime, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(uint8 images, finite flags, the labels drawn for) for the seeds, 500 at a time."""
-    parts = [model.generate(seeds[i : i + 500], finite=True) for i in range(0, len(seeds), 500)]
-    labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
-    return np.concatenate([p.images for p in parts]), np.concatenate([p.finite for p in parts]), labels
+def _sample(model: GeneratorRuntime, seeds: range, drs: int = 0) -> Drawn:
+    """The images for the seeds, 500 at a time, with finite flags; with ``drs`` (candidates per image), by
+    rejection sampling."""
+
+    def draw(part: range) -> Drawn:
+        if drs:
+            return model.rejection_sample(part, candidates=drs, finite=True)
+        return model.generate(part, finite=True)
+
+    parts = [draw(seeds[i : i + 500]) for i in range(0, len(seeds), 500)]
+    joined = {f.name: [getattr(p, f.name) for p in parts] for f in dataclasses.fields(Drawn)}
+    return Drawn(**{k: None if v[0] is None else np.concatenate(v) for k, v in joined.items()})
 
 
 def evaluate(
@@ -156,6 +172,9 @@ def evaluate(
                 real_features, cand_features, prod_features, rounds=cfg.interval_rounds, seed=cfg.seed
             )
         }
+    if cfg.drs and cand.discriminator is not None:
+        figures["candidate_drs"], drs_features = _figures(cand, judge, context, cfg, drs=cfg.drs_candidates)
+        figures["drs"] = _drs_verdict(figures, real_features, drs_features, cand_features, cfg)
     if checkpoint is not None:
         figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, splits, cand, cfg)
 
@@ -244,10 +263,12 @@ def _run_of(manifest: Manifest) -> dict:
 
 
 def _figures(
-    model: GeneratorRuntime, judge: Evaluator, ctx: dict, cfg: GateConfig
+    model: GeneratorRuntime, judge: Evaluator, ctx: dict, cfg: GateConfig, *, drs: int = 0
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The model's figures, and its samples' features (for the paired interval against production)."""
-    images, finite, requested = _sample(model, range(cfg.seed, cfg.seed + cfg.samples))
+    """The model's figures, and its samples' features (for the paired intervals); ``drs``: sampled by rejection
+    sampling with that many candidates per image at most."""
+    drawn = _sample(model, range(cfg.seed, cfg.seed + cfg.samples), drs)
+    images, finite, requested = drawn.images, drawn.finite, drawn.labels
     logits, features = judge(images)
     guard = images[: cfg.guard_samples]
     nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx["train"])))
@@ -275,7 +296,46 @@ def _figures(
         ),
         "parity_levels": model.manifest.parity_levels,
     }
+    if drs:
+        figures["sampling"] = {
+            "max_candidates": drs,
+            "candidates_per_image": float(drawn.candidates.mean()),
+            "acceptance_rate": float(len(images) / drawn.candidates.sum()),
+            "fallback_share": float(1.0 - drawn.accepted.mean()),
+        }
     return figures, features
+
+
+_DRS_SHOWN = ("kid", "precision", "recall", "density", "coverage", "class_entropy", "label_accuracy")
+
+
+def _drs_verdict(figures: dict, real: np.ndarray, drs: np.ndarray, plain: np.ndarray, cfg: GateConfig) -> dict:
+    """Does DRS help this model? The paired FID difference (DRS - plain, same seeds) and the feature and pixel
+    judges' accuracies, each against its noise: "helps" when FID's interval lies below 0 and no judge finds DRS's
+    images easier to tell from real ones; "hurts" when FID's lies above 0 or a judge does; else no difference."""
+    c, d = figures["candidate"], figures["candidate_drs"]
+    fid = metrics.fid_paired_difference(real, drs, plain, rounds=cfg.interval_rounds, seed=cfg.seed)
+    judges = {}
+    for key in ("feature_judge", "pixel_judge"):
+        noise = Z_95 * math.sqrt(2) * max(c[key]["binomial_se"], c[key]["accuracy_sd"], d[key]["accuracy_sd"])
+        judges[key] = {"plain": c[key]["accuracy"], "drs": d[key]["accuracy"], "noise": noise,
+                       "difference": d[key]["accuracy"] - c[key]["accuracy"]}  # fmt: skip
+    worse = any(j["difference"] > j["noise"] for j in judges.values())
+    if fid["ci95"][1] < 0 and not worse:
+        verdict = "helps"
+    elif fid["ci95"][0] > 0 or worse:
+        verdict = "hurts"
+    else:
+        verdict = "no detectable difference"
+    return {
+        "verdict": verdict,
+        "sampler": "drs" if verdict == "helps" else "plain",
+        "fid": {"plain": c["fid"], "drs": d["fid"], **fid},
+        **judges,
+        **{k: {"plain": c[k], "drs": d[k]} for k in _DRS_SHOWN if k in c},
+        "dropped_share": {"plain": c["clusters"]["dropped_share"], "drs": d["clusters"]["dropped_share"]},
+        **d["sampling"],
+    }
 
 
 def _power(figures: dict, heldout: int, cfg: GateConfig) -> dict:
@@ -306,7 +366,8 @@ def _own_discriminator(checkpoint: Path, splits: Splits, model: GeneratorRuntime
     d.load_state_dict(state["D"])
     d.eval()
     n = min(2000, len(splits.heldout))
-    images, _, labels = _sample(model, range(cfg.seed, cfg.seed + n))
+    drawn = _sample(model, range(cfg.seed, cfg.seed + n))
+    images, labels = drawn.images, drawn.labels
     conditional = labels is not None
     real_x = splits.heldout.images[:n].float() / 127.5 - 1
     fake_x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -362,12 +423,47 @@ def _checks(figures: dict, manifest: Manifest, labelled: bool, cfg: GateConfig) 
     return checks
 
 
+def headline(report: dict) -> dict[str, Any]:
+    """What the model's manifest keeps of its report (``Manifest.gate``): the decision and headline figures, and
+    the DRS verdict the service takes its default sampler from."""
+    c, drs = report["figures"]["candidate"], report["figures"].get("drs")
+    return {
+        "decision": report["decision"],
+        "reasons": report["reasons"],
+        "fid": c["fid"],
+        "kid": c["kid"],
+        "class_entropy": c.get("class_entropy"),  # labelled data only
+        "feature_judge_accuracy": c["feature_judge"]["accuracy"],
+        "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
+        "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
+        "evaluator_sha256": report["evaluator"]["sha256"],
+        "against": report["production"]["sha256"] if report["production"] else None,
+        "drs": None
+        if drs is None
+        else {
+            "verdict": drs["verdict"],
+            "sampler": drs["sampler"],
+            "fid": {k: drs["fid"][k] for k in ("plain", "drs", "difference", "ci95")},
+            "feature_judge_accuracy": {k: drs["feature_judge"][k] for k in ("plain", "drs")},
+            "pixel_judge_accuracy": {k: drs["pixel_judge"][k] for k in ("plain", "drs")},
+            "coverage": drs["coverage"],
+            "max_candidates": drs["max_candidates"],
+            "candidates_per_image": drs["candidates_per_image"],
+            "fallback_share": drs["fallback_share"],
+        },
+    }
+
+
 def write_report(folder: Path, report: dict) -> None:
-    """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model."""
+    """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model,
+    and the report's headline into its manifest when the report judged this very file."""
     model = _open(folder)
+    if report["candidate"]["sha256"] == model.manifest.sha256:
+        write_manifest(folder, model.manifest.model_copy(update={"gate": headline(report)}))
     classes = len(model.manifest.class_names)
     first = report["seeds"]["first"]
-    images, _, labels = _sample(model, range(first, first + (6 * classes if classes else 64)))
+    drawn = _sample(model, range(first, first + (6 * classes if classes else 64)))
+    images, labels = drawn.images, drawn.labels
     if labels is not None:
         images = images[np.argsort(labels, kind="stable").reshape(classes, -1).T.ravel()]
     save_grid(images, folder / "grid.png", cols=classes or None)
@@ -423,8 +519,36 @@ def _markdown(r: dict) -> str:
     if "own_discriminator" in cand:
         own = cand["own_discriminator"]
         lines.append(f"| GAN's own D accuracy (diagnostic) | {own['accuracy']:.4f} | |")
+    if "drs" in r["figures"]:
+        lines += _drs_markdown(r["figures"]["drs"])
     lines += ["", "## Decision", ""] + [f"- {reason}" for reason in r["reasons"]] + ["", "![samples](grid.png)", ""]
     return "\n".join(lines)
+
+
+def _drs_markdown(drs: dict) -> list[str]:
+    fid = drs["fid"]
+    lines = [
+        "",
+        f"## Rejection sampling (DRS): {drs['verdict']}; default sampler {drs['sampler']}",
+        "",
+        f"Same seeds, at most {drs['max_candidates']} candidates per image: {drs['candidates_per_image']:.3f} drawn "
+        f"per image (acceptance {drs['acceptance_rate']:.3f}), {drs['fallback_share']:.2%} fell back to the best "
+        f"scored. FID difference DRS - plain {fid['difference']:.4g}, "
+        f"interval {fid['ci95'][0]:.3g}..{fid['ci95'][1]:.3g}.",
+        "",
+        "| figure | plain | DRS |",
+        "|---|---|---|",
+        f"| FID | {fid['plain']:.4g} | {fid['drs']:.4g} |",
+    ]
+    lines += [
+        f"| {k.replace('_', ' ')} | {drs[k]['plain']:.4g} | {drs[k]['drs']:.4g} |"
+        for k in (*_DRS_SHOWN, "dropped_share")
+        if k in drs
+    ]
+    for k in ("feature_judge", "pixel_judge"):
+        j = drs[k]
+        lines.append(f"| {k.replace('_', ' ')} accuracy | {j['plain']:.4f} | {j['drs']:.4f} (noise {j['noise']:.4f}) |")
+    return lines
 
 
 def _evaluator_line(e: dict) -> str:
