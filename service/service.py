@@ -93,7 +93,7 @@ class _Drawn:
         """Image i's rejection sampling: its discriminator logit, the candidates drawn, whether one was accepted."""
         if self.scores is None:
             return None
-        return {"score": round(self.scores[i], 6), "candidates": self.candidates[i], "accepted": self.accepted[i]}
+        return {"score": _score(self.scores[i]), "candidates": self.candidates[i], "accepted": self.accepted[i]}
 
 
 class _Refused(Exception):
@@ -389,7 +389,7 @@ class GANServe:
                    "X-Sampler": drawn.sampler}  # fmt: skip
         if drawn.scores is not None:
             headers |= {
-                "X-Drs-Scores": ",".join(f"{s:.6g}" for s in drawn.scores),
+                "X-Drs-Scores": ",".join(str(_score(s)) for s in drawn.scores),  # "None": a non-finite logit
                 "X-Drs-Candidates": ",".join(map(str, drawn.candidates)),
                 "X-Drs-Accepted": ",".join(str(int(a)) for a in drawn.accepted),
                 "X-Drs-Fallbacks": str(drawn.accepted.count(False)),
@@ -643,10 +643,15 @@ def _provenance(
         **({"seed": seeds[0], "label": names[0]} if one else {"seeds": seeds, "label": names}),
         "truncation": truncation,
         **({"sampler": drawn.sampler} if endpoint == "/generate" else {}),
-        **({"drs": drawn.drs(which[0])} if one and drawn.scores is not None else {}),
+        **({} if drawn.scores is None else {"drs": drawn.drs(which[0]) if one else [drawn.drs(i) for i in which]}),
         "endpoint": endpoint,
         "request": request,
     }
+
+
+def _score(logit: float) -> float | None:
+    """A D logit as JSON and headers carry it: 6 decimals, None where D gave NaN or an infinity."""
+    return round(logit, 6) if math.isfinite(logit) else None
 
 
 def _default_sampler(info: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import csv
 import http.server
 import io
 import json
@@ -16,9 +17,10 @@ from typing import ClassVar
 import httpx
 import numpy as np
 import pytest
-from conftest import CLASSES, ROOT, Server, labelled_blobs_in_production
+from conftest import CLASSES, ROOT, LabelledBlobs, Server, SquareJudge, promote
 from ganserve_client import (
     AsyncGanClient,
+    DrsInfo,
     GanClient,
     InvalidRequest,
     ModelInfo,
@@ -40,7 +42,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    return labelled_blobs_in_production(tmp_path_factory.mktemp("client"))
+    """LabelledBlobs (conditional, CLASSES) in production, exported with SquareJudge as its discriminator so that
+    requests may ask for DRS; its plain images are the same as without one."""
+    from service.manifest import ImageSpec
+    from training.export import export_module
+
+    root = tmp_path_factory.mktemp("client")
+    export_module(LabelledBlobs(), root / "labelled", latent_dim=800, image=ImageSpec(height=28, width=28, channels=1),
+                  class_names=CLASSES, discriminator=SquareJudge())  # fmt: skip
+    promote(root, root / "labelled")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +124,8 @@ def test_formats_decode_to_the_pngs_pixels(server):
             made = image.provenance
             assert (made.seed, made.label, made.model_version, made.endpoint) == (p.seed, "lower", p.model_version,
                                                                                   "/generate")  # fmt: skip
-            redraw = {"n": 1, "seed": p.seed, "label": "lower", "model": "default", "format": image.format}
+            redraw = {"n": 1, "seed": p.seed, "label": "lower", "model": "default", "format": image.format,
+                      "sampler": "plain"}  # fmt: skip
             assert made.request == redraw
     assert read_provenance(lossy.data).request["quality"] == 40
 
@@ -167,6 +179,101 @@ def test_invalid_requests_carry_the_servers_message(server):
         with pytest.raises(InvalidRequest, match="400: ") as err:
             client.generate(model="no-such-line")
         assert "no-such-line" in str(err.value)
+
+
+def test_drs_through_the_sdk(server, tmp_path):
+    """sampler="drs": each image says its D score, candidates and acceptance, in a batch, a grid and the file's own
+    provenance; a drs file reproduces; generate_many records it in images.csv; refusals carry the server's words."""
+    with GanClient(server.url) as client:
+        info = client.info()
+        assert info.sampler == "plain" and info.models["default"].sampler == "plain"  # no gate verdict: plain
+        assert info.discriminator is not None and info.discriminator["target_acceptance"] == 0.5
+        assert info.limits.samplers == ["plain", "drs"] and info.limits.max_candidates == [1, 64]
+        assert info.limits.default_candidates == 16
+        drawn = client.generate(8, seed=40, sampler="drs")
+        plain = client.generate(8, seed=40)
+        grid = client.grid(8, seed=40, sampler="drs")
+        bounded = client.generate(8, seed=40, sampler="drs", max_candidates=1)
+    assert {i.sampler for i in drawn} == {"drs"} and all(isinstance(i.drs, DrsInfo) for i in drawn)
+    assert {i.sampler for i in plain} == {"plain"} and {i.drs for i in plain} == {None}
+    assert all(1 <= i.drs.candidates <= 16 and isinstance(i.drs.accepted, bool) for i in drawn)
+    assert max(i.drs.candidates for i in drawn) > 1 and "drs=DrsInfo(" in repr(drawn[0])
+    # SquareJudge: log 4 for class 0's square (top-left), 0 for the others
+    assert {round(i.drs.score, 4) for i in drawn} <= {0.0, 1.3863}
+    assert all((i.drs.score > 0) == (i.label == "top-left") for i in drawn)
+    assert grid.info["sampler"] == "drs" and len(grid.info["drs"]) == 8
+    assert grid.info["drs"] == [image.drs for image in drawn]  # headers and JSON say the same
+    assert {i.drs.candidates for i in bounded} == {1}  # one candidate each: the plain images
+    assert all(np.array_equal(np.asarray(b.image), np.asarray(p.image)) for b, p in zip(bounded, plain, strict=True))
+    for image in drawn:
+        made = image.provenance
+        assert made.sampler == "drs" and made.drs == image.drs
+        assert made.request == {"n": 1, "seed": image.seed, "model": "default", "format": "png", "sampler": "drs",
+                                "max_candidates": 16}  # fmt: skip
+    assert plain[0].provenance.sampler == "plain" and plain[0].provenance.drs is None
+
+    # a drs file draws again to the same pixels, and not to its seed's plain image when a later candidate won
+    redrawn = next(i for i in drawn if i.drs.accepted and i.drs.candidates > 1)
+    assert not np.array_equal(np.asarray(redrawn.image), np.asarray(plain[drawn.index(redrawn)].image))
+    with GanClient(server.url) as client:
+        again = client.reproduce(redrawn.save(tmp_path / "drs.png"))
+    assert again.same_pixels and again.same_bytes and not again.version_changed
+
+    async def draw():
+        async with AsyncGanClient(server.url) as client:
+            return await client.generate(3, seed=40, sampler="drs", max_candidates=16)
+
+    assert [(i.data, i.drs) for i in asyncio.run(draw())] == [(i.data, i.drs) for i in drawn[:3]]
+
+    with GanClient(server.url) as client:
+        with pytest.raises(InvalidRequest) as err:
+            client.generate(max_candidates=4)  # the model's default sampler is plain: the server's 400
+        assert err.value.status == 400 and err.value.allowed == ["drs"]
+        assert "max_candidates applies to sampler drs only" in str(err.value)
+        for options, says in (({"sampler": "plain", "max_candidates": 4}, "max_candidates applies to sampler 'drs'"),
+                               ({"sampler": "drs", "max_candidates": 65}, "less than or equal to 64"),
+                               ({"sampler": "drs", "max_candidates": 0}, "greater than or equal to 1"),
+                               ({"sampler": "best"}, "sampler: Input should be 'plain' or 'drs'")):  # fmt: skip
+            with pytest.raises(InvalidRequest, match=says) as err:
+                client.generate(**options)  # refused before any round trip
+            assert err.value.status is None
+
+        out = tmp_path / "many"
+        summary = client.generate_many(8, out=out, seed=40, sampler="drs", progress=False)
+        assert (summary.written, summary.skipped) == (8, 0)
+        with pytest.raises(InvalidRequest, match="sampler='drs' \\(not 'plain'\\)"):
+            client.generate_many(8, out=out, sampler="plain")
+        with pytest.raises(InvalidRequest, match="max_candidates=None \\(not 4\\)"):
+            client.generate_many(8, out=out, sampler="drs", max_candidates=4)
+        assert client.generate_many(8, out=out, sampler="drs", progress=False).skipped == 8
+    with open(out / "images.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["seed", "label", "model_version", "file", "sampler", "drs_score", "drs_candidates",
+                             "drs_accepted"]  # fmt: skip
+    assert [(int(r["seed"]), r["sampler"]) for r in rows] == [(i.seed, "drs") for i in drawn]
+    for row, image in zip(rows, drawn, strict=True):
+        assert float(row["drs_score"]) == image.drs.score and int(row["drs_candidates"]) == image.drs.candidates
+        assert row["drs_accepted"] == str(int(image.drs.accepted))
+        assert (out / row["file"]).read_bytes() == image.data
+
+    # the command line: --sampler and --max-candidates, and inspect saying how a file was sampled
+    done = cli("--url", server.url, "generate", "-n", "2", "--seed", "40", "--sampler", "drs", "--max-candidates",
+               "4", "--out", str(tmp_path / "cli"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        (tmp_path / "cli" / "images.csv")
+        .read_text()
+        .splitlines()[0]
+        .endswith(",sampler,drs_score,drs_candidates,drs_accepted")
+    )
+    shown = cli("--url", server.url, "inspect", str(tmp_path / "drs.png"), "--reproduce")
+    assert shown.returncode == 0, shown.stderr
+    made = json.loads(shown.stdout[: shown.stdout.rindex("}") + 1])
+    assert made["sampler"] == "drs" and made["drs"] == redrawn.drs.model_dump()
+    line = f"sampler: drs, D score {redrawn.drs.score:g}, {redrawn.drs.candidates} of at most 16 candidates, accepted"
+    assert line in shown.stdout.splitlines() and shown.stdout.splitlines()[-1].startswith("reproduced: identical")
+    bad = cli("--url", server.url, "generate", "--sampler", "best", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "invalid choice: 'best'" in bad.stderr
 
 
 def test_unauthorized_and_rate_limited_come_from_real_responses(home):
@@ -359,8 +466,14 @@ def test_wire_models_match_the_services_schema(server):
     assert set(info["models"]["default"]) | {"not_ready"} == set(ModelLine.model_fields)  # not_ready: no model yet
     ModelInfo.model_validate(info)
     batch = httpx.post(f"{server.url}/generate_batch", json={"n": 1}).json()
-    assert set(batch) == set(_WireBatch.model_fields) and set(batch["images"][0]) == set(_WireImage.model_fields)
+    assert set(batch) == set(_WireBatch.model_fields)
+    assert set(batch["images"][0]) | {"drs"} == set(_WireImage.model_fields)  # drs: with sampler drs only
     made = read_provenance(base64.b64decode(batch["images"][0]["data"]))  # one image: "seed" where a grid has "seeds"
+    assert made.model_fields_set | {"seeds", "drs"} == set(Provenance.model_fields) and not made.model_extra
+    drs = httpx.post(f"{server.url}/generate_batch", json={"n": 1, "sampler": "drs"}).json()
+    assert set(drs["images"][0]) == set(_WireImage.model_fields)
+    assert set(drs["images"][0]["drs"]) == set(DrsInfo.model_fields)
+    made = read_provenance(base64.b64decode(drs["images"][0]["data"]))
     assert made.model_fields_set | {"seeds"} == set(Provenance.model_fields) and not made.model_extra
 
 

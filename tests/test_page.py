@@ -8,7 +8,7 @@ import shutil
 
 import httpx
 import pytest
-from conftest import Server, Tinted, labelled_blobs_in_production
+from conftest import CLASSES, LabelledBlobs, Server, SquareJudge, Tinted, promote
 from PIL import Image
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -25,13 +25,16 @@ WINDOW = (1200, 1500)  # tall enough that the whole page is on one screenshot
 
 
 def two_lines(home):
-    """The default line (LabelledBlobs, promoted without a gate report) and "tinted" (RGB 16x16, unconditional),
-    promoted twice with a gate report that judged its file, the figures of each promotion in its history."""
+    """The default line (LabelledBlobs with a discriminator, so DRS can be asked for; promoted without a gate report)
+    and "tinted" (RGB 16x16, unconditional, no discriminator), promoted twice with a gate report that judged its
+    file, the figures of each promotion in its history."""
     from service.manifest import ImageSpec, read_manifest, write_manifest
     from training.export import export_module
     from training.registry import Registry
 
-    labelled_blobs_in_production(home)
+    export_module(LabelledBlobs(), home / "labelled", latent_dim=800, image=ImageSpec(height=28, width=28, channels=1),
+                  class_names=CLASSES, discriminator=SquareJudge())  # fmt: skip
+    promote(home, home / "labelled")
     folder = home / "tinted"
     export_module(Tinted(), folder, latent_dim=300, image=ImageSpec(height=16, width=16, channels=3))
     manifest = read_manifest(folder)
@@ -141,6 +144,19 @@ def test_a_person_draws_images_and_picks_a_seed(page_server, browser):
     wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "400"))
     assert "less than or equal to 64" in browser.find_element(By.ID, "status").text
 
+    # DRS: the line has a discriminator, plain by default (no gate verdict); each caption gives the image's D score
+    sampler = Select(browser.find_element(By.ID, "sampler"))
+    assert sampler.first_selected_option.get_attribute("value") == "plain" and sampler.options[1].is_enabled()
+    assert browser.find_element(By.ID, "sampler").is_enabled()
+    browser.find_element(By.ID, "n").clear()
+    browser.find_element(By.ID, "n").send_keys("4")
+    Select(browser.find_element(By.ID, "label")).select_by_visible_text("top-left")
+    sampler.select_by_value("drs")
+    browser.find_element(By.ID, "go").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "by DRS"))
+    drs = [f.text.split("\n")[-1] for f in browser.find_elements(By.CSS_SELECTOR, "#images figcaption")]
+    assert len(drs) == 4 and all(re.fullmatch(r"D 1\.39 · \d+ candidates?( fallback)?", c) for c in drs), drs
+
 
 def test_a_person_compares_lines_walks_between_seeds_and_saves_files(page_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
@@ -169,6 +185,25 @@ def test_a_person_compares_lines_walks_between_seeds_and_saves_files(page_server
     assert browser.execute_script(colour)  # RGB: the tinted square's red differs from its green
     gate = browser.find_element(By.ID, "gate").text
     assert all(s in gate for s in ("decision pass", "FID 9.05", "KID 0.718", "0.579", "0.590")), gate
+    assert not browser.find_element(By.ID, "sampler").is_enabled()  # no discriminator: plain only, and it says so
+    assert "no discriminator" in browser.find_element(By.ID, "sampler-note").text
+    # a gate report that also judged DRS: its figures beside plain sampling's, and the verdict
+    drs = {"verdict": "helps", "sampler": "drs", "fid": {"plain": 9.05, "drs": 8.1, "difference": -0.95,
+           "ci95": [-1.4, -0.5]}, "feature_judge_accuracy": {"plain": 0.579, "drs": 0.561},
+           "pixel_judge_accuracy": {"plain": 0.59, "drs": 0.58}, "coverage": {"plain": 0.81, "drs": 0.84},
+           "max_candidates": 16, "candidates_per_image": 2.03, "fallback_share": 0.004}  # fmt: skip
+    browser.execute_script("showGate(arguments[0])", {**GATE, "drs": drs})
+    rows = browser.find_element(By.ID, "gate-drs").text.splitlines()
+    assert rows[1:] == [
+        "FID 9.05 8.10",
+        "feature judge accuracy 0.579 0.561",
+        "pixel judge accuracy 0.590 0.580",
+        "coverage 0.810 0.840",
+        "candidates per image 1 2.03 (at most 16)",
+        "fallbacks — 0.4%",
+    ], rows
+    assert "verdict: helps" in browser.find_element(By.ID, "gate").text
+    browser.execute_script("showGate(arguments[0])", GATE)  # the line's own report again, for the screenshot below
     # the history: one marker per promotion in each chart, the current (last) one marked
     for series in ("fid", "feature_judge_accuracy", "pixel_judge_accuracy"):
         marks = browser.find_elements(By.CSS_SELECTOR, f"#history svg .{series}")

@@ -21,6 +21,7 @@ from ganserve_client._errors import (
 from ganserve_client._models import (
     Animation,
     BulkSummary,
+    DrsInfo,
     GeneratedImage,
     Health,
     ModelInfo,
@@ -35,6 +36,7 @@ __all__ = [
     "Animation",
     "AsyncGanClient",
     "BulkSummary",
+    "DrsInfo",
     "GanClient",
     "GanServeError",
     "GeneratedImage",

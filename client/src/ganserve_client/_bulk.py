@@ -26,6 +26,8 @@ __all__ = ["CSV_NAME", "STATE_NAME", "Folder"]
 CSV_NAME = "images.csv"
 STATE_NAME = ".ganserve-run.json"
 COLUMNS = ["seed", "label", "model_version", "file"]
+# A folder drawn with rejection sampling also says how each image was drawn.
+DRS_COLUMNS = [*COLUMNS, "sampler", "drs_score", "drs_candidates", "drs_accepted"]
 SEEDS = 2**32
 PART = ".part"
 
@@ -46,6 +48,7 @@ class Folder:
             part.unlink(missing_ok=True)
         self.options = options
         self.ext = EXTENSIONS.get(options["format"], f".{options['format']}")
+        self.columns: list[str] | None = None  # images.csv's header: read from the file, else chosen by the first page
         self.recorded = self._read_csv()
         state = self._read_state()
         self.first = self._first_seed(seed, state)
@@ -62,12 +65,19 @@ class Folder:
         if not self._state_written:  # written once a page has come back, so a refused first request leaves none
             _write_atomically(self.out / STATE_NAME, json.dumps({"first_seed": self.first, **self.options}).encode())
             self._state_written = True
+        if self.columns is None:  # a new images.csv: rejection sampling's columns when it drew (or was asked for)
+            drs = self.options.get("sampler") == "drs" or any(image.drs is not None for image in images)
+            self.columns = DRS_COLUMNS if drs else COLUMNS
         rows = []
         for image in images:
             name = f"{image.seed}{self.ext}"
             _write_atomically(self.out / name, image.data)
             if image.seed not in self.recorded:
-                rows.append([image.seed, image.label or "", image.model_version, name])
+                row: list[Any] = [image.seed, image.label or "", image.model_version, name]
+                if self.columns == DRS_COLUMNS:
+                    d = image.drs
+                    row += [image.sampler, *(("", "", "") if d is None else (d.score, d.candidates, int(d.accepted)))]
+                rows.append(row)
                 self.recorded.add(image.seed)
         if rows:
             if self._csv is None:
@@ -124,8 +134,11 @@ class Folder:
             with open(path, "r+b") as fh:
                 fh.truncate(len(raw))
         rows = list(csv.reader(io.StringIO(raw.decode())))
-        if rows and rows[0] != COLUMNS:
-            raise InvalidRequest(f"{path} is not an images.csv ganserve-client wrote (columns {','.join(COLUMNS)})")
+        if rows and rows[0] not in (COLUMNS, DRS_COLUMNS):
+            raise InvalidRequest(f"{path} is not an images.csv ganserve-client wrote (columns {','.join(COLUMNS)}, "
+                                 f"and with sampler drs {','.join(DRS_COLUMNS[len(COLUMNS):])})")  # fmt: skip
+        if rows:
+            self.columns = DRS_COLUMNS if rows[0] == DRS_COLUMNS else COLUMNS
         try:
             return {int(row[0]) for row in rows[1:] if row}
         except ValueError:
@@ -135,7 +148,7 @@ class Folder:
         path = self.out / CSV_NAME
         fh = open(path, "a", newline="")  # noqa: SIM115 - kept open across pages, closed in close()
         if fh.tell() == 0:
-            fh.write(",".join(COLUMNS) + "\n")
+            fh.write(",".join(self.columns or COLUMNS) + "\n")
         return fh
 
 

@@ -9,7 +9,7 @@ import io
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from PIL import Image
@@ -28,6 +28,7 @@ from ganserve_client._errors import (
 from ganserve_client._models import (
     Animation,
     BulkSummary,
+    DrsInfo,
     GeneratedImage,
     GenerateRequest,
     Health,
@@ -46,6 +47,7 @@ DEFAULT_TIMEOUT = 30.0
 RETRIED_STATUS = {408, 429, 503, 504}
 # Where a file's provenance may send reproduce(): a file is data from anywhere, and must not pick any other path.
 REPRODUCIBLE = frozenset({"/generate", "/interpolate"})
+Sampler = Literal["plain", "drs"]
 
 
 class _Base:
@@ -163,13 +165,16 @@ class _Base:
         image.info["seeds"] = _seeds(response)
         image.info["model"] = response.headers.get("x-model")
         image.info["model_version"] = response.headers.get("x-model-version")
+        image.info["sampler"] = response.headers.get("x-sampler", "plain")
+        image.info["drs"] = _drs(response)
         return image
 
     def _images(self, response: httpx.Response) -> list[GeneratedImage]:
         batch: _WireBatch = self._parsed(_WireBatch, response)
         return [
             GeneratedImage(seed=i.seed, label=i.label, model=batch.model, model_version=batch.model_version,
-                           format=batch.format, media_type=batch.media_type, data=base64.b64decode(i.data))
+                           format=batch.format, media_type=batch.media_type, data=base64.b64decode(i.data),
+                           sampler=batch.sampler, drs=i.drs)
             for i in batch.images
         ]  # fmt: skip
 
@@ -196,6 +201,28 @@ class _Base:
 
 def _seeds(response: httpx.Response) -> list[int]:
     return [int(s) for s in response.headers.get("x-seeds", "").split(",") if s]
+
+
+def _drs(response: httpx.Response) -> list[DrsInfo] | None:
+    """Each image's rejection sampling, in grid order, from /generate's X-Drs-* headers (None: plain sampling)."""
+    scores = response.headers.get("x-drs-scores")
+    if scores is None:
+        return None
+    try:
+        return [
+            DrsInfo(score=None if score == "None" else float(score), candidates=int(candidates),
+                    accepted=accepted == "1")
+            for score, candidates, accepted in zip(
+                scores.split(","), response.headers["x-drs-candidates"].split(","),
+                response.headers["x-drs-accepted"].split(","), strict=True,
+            )
+        ]  # fmt: skip
+    except (KeyError, ValueError):
+        raise GanServeError(
+            f"{response.request.url.path} sent X-Drs-* headers this client cannot read; is the server a matching "
+            "ganserve?",
+            status=response.status_code,
+        ) from None
 
 
 class GanClient(_Base):
@@ -230,11 +257,17 @@ class GanClient(_Base):
         model: str | None = None,
         format: str | None = None,
         quality: int | None = None,
+        sampler: Sampler | None = None,
+        max_candidates: int | None = None,
     ) -> list[GeneratedImage]:
         """``n`` images, each its own file; image i has seed ``seed + i`` (random seeds when ``seed`` is None).
         ``model`` picks a model line (the service's default if None), ``format`` png (default), webp or jpeg, and
-        ``quality`` (1-100) makes jpeg or webp lossy (webp without it is lossless)."""
-        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality)
+        ``quality`` (1-100) makes jpeg or webp lossy (webp without it is lossless). ``sampler`` "drs" draws each
+        image by discriminator rejection sampling, at most ``max_candidates`` (1-64; the server's default 16)
+        candidates an image, and each image's ``drs`` says how; "plain" does not; None: the model's default
+        (``info().sampler``)."""
+        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality,
+                          sampler=sampler, max_candidates=max_candidates)  # fmt: skip
         return self._images(self._send("POST", "/generate_batch", json=body))
 
     def grid(
@@ -247,9 +280,13 @@ class GanClient(_Base):
         model: str | None = None,
         format: str | None = None,
         quality: int | None = None,
+        sampler: Sampler | None = None,
+        max_candidates: int | None = None,
     ) -> Image.Image:
-        """The server's grid of ``n`` images as one PIL image (``image.info``: seeds, model, model_version)."""
-        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality)
+        """The server's grid of ``n`` images as one PIL image (``image.info``: seeds, model, model_version, sampler,
+        and drs: a ``DrsInfo`` per image in grid order with sampler "drs", else None)."""
+        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality,
+                          sampler=sampler, max_candidates=max_candidates)  # fmt: skip
         return self._grid(self._send("POST", "/generate", json=body))
 
     def interpolate(
@@ -289,14 +326,18 @@ class GanClient(_Base):
         model: str | None = None,
         format: str = "png",
         quality: int | None = None,
+        sampler: Sampler | None = None,
+        max_candidates: int | None = None,
         concurrency: int = 4,
         progress: bool | None = None,
     ) -> BulkSummary:
         """``n`` images into the folder ``out``, one file per seed (``<seed>.png``, ...) and a row each in
         ``out/images.csv``, requested a page (the server's most images per request) at a time with up to
         ``concurrency`` requests in flight. Run it again after an interruption and it draws only what is missing,
-        from the same first seed. ``progress``: a bar on stderr (None: when stderr is a terminal)."""
-        options = {"label": label, "truncation": truncation, "model": model, "format": format, "quality": quality}
+        from the same first seed. ``progress``: a bar on stderr (None: when stderr is a terminal). With sampler drs
+        images.csv also has each image's sampler, drs_score, drs_candidates and drs_accepted."""
+        options = {"label": label, "truncation": truncation, "model": model, "format": format, "quality": quality,
+                   "sampler": sampler, "max_candidates": max_candidates}  # fmt: skip
         self._bulk(seed, options, concurrency)
         page = self.info(model=model).limits.n[1]
         folder = Folder(out, n=n, seed=seed, options=options, page=page, progress=progress)
@@ -392,8 +433,11 @@ class AsyncGanClient(_Base):
         model: str | None = None,
         format: str | None = None,
         quality: int | None = None,
+        sampler: Sampler | None = None,
+        max_candidates: int | None = None,
     ) -> list[GeneratedImage]:
-        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality)
+        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality,
+                          sampler=sampler, max_candidates=max_candidates)  # fmt: skip
         return self._images(await self._send("POST", "/generate_batch", json=body))
 
     async def grid(
@@ -406,8 +450,11 @@ class AsyncGanClient(_Base):
         model: str | None = None,
         format: str | None = None,
         quality: int | None = None,
+        sampler: Sampler | None = None,
+        max_candidates: int | None = None,
     ) -> Image.Image:
-        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality)
+        body = self._body(n, seed=seed, truncation=truncation, label=label, model=model, format=format, quality=quality,
+                          sampler=sampler, max_candidates=max_candidates)  # fmt: skip
         return self._grid(await self._send("POST", "/generate", json=body))
 
     async def interpolate(
@@ -443,10 +490,13 @@ class AsyncGanClient(_Base):
         model: str | None = None,
         format: str = "png",
         quality: int | None = None,
+        sampler: Sampler | None = None,
+        max_candidates: int | None = None,
         concurrency: int = 4,
         progress: bool | None = None,
     ) -> BulkSummary:
-        options = {"label": label, "truncation": truncation, "model": model, "format": format, "quality": quality}
+        options = {"label": label, "truncation": truncation, "model": model, "format": format, "quality": quality,
+                   "sampler": sampler, "max_candidates": max_candidates}  # fmt: skip
         self._bulk(seed, options, concurrency)
         page = (await self.info(model=model)).limits.n[1]
         folder = Folder(out, n=n, seed=seed, options=options, page=page, progress=progress)

@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +16,7 @@ __all__ = [
     "EXTENSIONS",
     "Animation",
     "BulkSummary",
+    "DrsInfo",
     "GenerateRequest",
     "GeneratedImage",
     "Health",
@@ -27,6 +28,8 @@ __all__ = [
     "Reproduction",
 ]
 
+# The service's bound on rejection sampling's candidates per image (``ModelInfo.limits.max_candidates``).
+MAX_CANDIDATES = 64
 # The file name extension for each format the service answers in; jpeg files are .jpg, as most tools expect.
 EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "gif": ".gif"}
 
@@ -50,16 +53,23 @@ class GenerateRequest(BaseModel):
     model: str | None = Field(None, min_length=1, description="a model line; the service's default when absent")
     format: str | None = Field(None, description="png (the default), webp or jpeg")
     quality: int | None = Field(None, ge=1, le=100, description="jpeg, or lossy webp")
+    sampler: Literal["plain", "drs"] | None = Field(
+        None, description="drs: discriminator rejection sampling; the model's default (ModelInfo.sampler) when absent"
+    )
+    max_candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="drs: candidates per image at most")
 
-    @field_validator("n", "seed", "truncation", "label", "quality", mode="before")
+    @field_validator("n", "seed", "truncation", "label", "quality", "max_candidates", mode="before")
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
         return _no_booleans(value)
 
     @model_validator(mode="after")
-    def _quality_needs_a_lossy_format(self) -> GenerateRequest:
+    def _options_fit_together(self) -> GenerateRequest:
         if self.quality is not None and self.format not in ("jpeg", "webp"):
             raise ValueError("quality applies to format 'jpeg' or 'webp' only")
+        # Without a sampler the model's default applies, which may be drs: that case is the server's to judge.
+        if self.max_candidates is not None and self.sampler == "plain":
+            raise ValueError("max_candidates applies to sampler 'drs' only")
         return self
 
 
@@ -119,6 +129,9 @@ class Limits(BaseModel):
     auth: bool
     formats: list[str] = ["png"]  # what a server from before formats sends
     interpolate: InterpolateLimits | None = None
+    samplers: list[str] = ["plain"]  # what a server from before rejection sampling sends
+    max_candidates: list[int] | None = None  # rejection sampling's bound per image: [1, most]
+    default_candidates: int | None = None
 
 
 class ModelLine(BaseModel):
@@ -129,6 +142,7 @@ class ModelLine(BaseModel):
     image: ImageSpec | None = None
     class_names: list[str] = []
     gate: dict[str, Any] | None = None
+    sampler: str = "plain"  # what a request without ``sampler`` gets
     not_ready: str | None = None
 
 
@@ -154,9 +168,13 @@ class ModelInfo(BaseModel):
     latent_dim: int
     latent_protocol: str
     class_names: list[str]
-    gate: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # the gate's headline; ``gate["drs"]``: how DRS compared with plain sampling
     refused: dict[str, str] | None = None  # a production version the server refused ("tag", "reason"), if any
     limits: Limits
+    # The sampler a request without ``sampler`` gets ("drs" only where the gate found it helps), and the model's
+    # discriminator (sha256, step, logit_max, gamma, ...; None: exported without one, so no DRS).
+    sampler: str = "plain"
+    discriminator: dict[str, Any] | None = None
     # Defaults for what a server from before model lines does not send, so this client still reads its /info.
     model: str | None = None
     default_model: str | None = None
@@ -164,11 +182,24 @@ class ModelInfo(BaseModel):
     history: list[Promotion] = []
 
 
+class DrsInfo(BaseModel):
+    """How discriminator rejection sampling drew one image: the discriminator's logit for it (higher: more real to
+    it), the candidates drawn, and whether one was accepted (False: none of ``max_candidates`` was, and the
+    best-scored was kept)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score: float | None  # None: the discriminator gave NaN or an infinity
+    candidates: int
+    accepted: bool
+
+
 class _WireImage(BaseModel):
     seed: int
     label: str | None
     label_index: int | None
     data: str  # base64 of the file
+    drs: DrsInfo | None = None  # sampler drs only
 
 
 class _WireBatch(BaseModel):
@@ -176,6 +207,7 @@ class _WireBatch(BaseModel):
     model_version: str
     format: str = "png"
     media_type: str = "image/png"
+    sampler: str = "plain"  # what a server from before rejection sampling drew with
     images: list[_WireImage]
 
 
@@ -200,6 +232,8 @@ class Provenance(BaseModel):
     seeds: list[int] | None = None  # a grid's images, or an animation's keys
     label: str | list[str | None] | None = None  # a list, one per key, for an interpolation
     truncation: float | None = None
+    sampler: str | None = None  # /generate files: "plain" or "drs" (None: a server from before rejection sampling)
+    drs: DrsInfo | list[DrsInfo] | None = None  # drawn with drs: each image's score, candidates and acceptance
 
 
 class _File:
@@ -233,7 +267,8 @@ class _File:
 
 
 class GeneratedImage(_File):
-    """One generated image: its seed (which reproduces it), label, model line and version, and the file's bytes."""
+    """One generated image: its seed (which reproduces it), label, model line and version, the sampler that drew it
+    ("plain" or "drs", with ``drs`` then saying how), and the file's bytes."""
 
     def __init__(
         self,
@@ -245,13 +280,18 @@ class GeneratedImage(_File):
         format: str,
         media_type: str,
         data: bytes,
+        sampler: str = "plain",
+        drs: DrsInfo | None = None,
     ) -> None:
         self.seed, self.label, self.model, self.model_version = seed, label, model, model_version
         self.format, self.media_type, self.data = format, media_type, data
+        self.sampler, self.drs = sampler, drs
 
     def __repr__(self) -> str:
+        drs = "" if self.drs is None else f", drs={self.drs!r}"
         return (f"GeneratedImage(seed={self.seed}, label={self.label!r}, model={self.model!r}, "
-                f"model_version={self.model_version!r}, format={self.format!r}, {len(self.data)} bytes)")  # fmt: skip
+                f"model_version={self.model_version!r}, format={self.format!r}, sampler={self.sampler!r}{drs}, "
+                f"{len(self.data)} bytes)")  # fmt: skip
 
 
 class Animation(_File):

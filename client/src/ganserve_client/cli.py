@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ganserve_client import DEFAULT_URL, GanClient, GanServeError, read_provenance
+from ganserve_client import DEFAULT_URL, GanClient, GanServeError, Provenance, read_provenance
 
 # The format an interpolation's file name asks for, when --format does not say.
 ANIMATION_FORMATS = {".webp": "webp", ".gif": "gif", ".png": "png"}
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="model line (default: the service's)")
     gen.add_argument("--format", default="png", help="png (default), webp or jpeg")
     gen.add_argument("--quality", type=int, help="1-100: jpeg, or lossy webp")
+    gen.add_argument("--sampler", choices=["plain", "drs"],
+                     help="drs: discriminator rejection sampling (default: the model's, see info)")  # fmt: skip
+    gen.add_argument("--max-candidates", type=int, metavar="N", help="drs: candidates per image at most, 1-64")
     gen.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     gen.add_argument("--progress", action=argparse.BooleanOptionalAction, help="a progress bar (default: on a tty)")
 
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(client: GanClient, args: argparse.Namespace) -> int:
     done = client.generate_many(args.n, out=args.out, seed=args.seed, label=_label(args.label),
                                 truncation=args.truncation, model=args.model, format=args.format,
-                                quality=args.quality, concurrency=args.concurrency, progress=args.progress)  # fmt: skip
+                                quality=args.quality, sampler=args.sampler, max_candidates=args.max_candidates,
+                                concurrency=args.concurrency, progress=args.progress)  # fmt: skip
     last = (done.first_seed + args.n - 1) % 2**32
     print(f"wrote {done.written} images to {done.out} in {done.seconds:.1f} s ({done.images_per_s:.0f} images/s); "
           f"seeds {done.first_seed} to {last}, {done.skipped} already there; listed in images.csv")  # fmt: skip
@@ -120,6 +124,8 @@ def _inspect(client: GanClient, args: argparse.Namespace) -> int:
     if provenance is None:
         raise ValueError(f"{args.file} carries no ganserve provenance")
     print(provenance.model_dump_json(indent=2, exclude_unset=True))  # what the file holds, as it holds it
+    if provenance.sampler is not None:
+        print(_sampled(provenance))
     if not args.reproduce:
         return 0
     again = client.reproduce(data)
@@ -127,6 +133,20 @@ def _inspect(client: GanClient, args: argparse.Namespace) -> int:
     print(f"reproduced: {verdict}" + (f" (the model version has moved on from {again.old_version} to "
           f"{again.new_version})" if again.version_changed else f" (model version {again.new_version})"))  # fmt: skip
     return 0 if again.same_pixels else 1
+
+
+def _sampled(provenance: Provenance) -> str:
+    """One line on how the file was sampled: plain, or by DRS with the image's score and candidates."""
+    drs = provenance.drs
+    if provenance.sampler != "drs":
+        return f"sampler: {provenance.sampler}"
+    bound = provenance.request.get("max_candidates")
+    if isinstance(drs, list):  # a grid: each image's figures
+        fallbacks = sum(not d.accepted for d in drs)
+        return f"sampler: drs, {len(drs)} images, at most {bound} candidates each, {fallbacks} fell back"
+    outcome = "accepted" if drs.accepted else "none accepted, the best-scored kept"
+    score = "not finite" if drs.score is None else f"{drs.score:g}"
+    return f"sampler: drs, D score {score}, {drs.candidates} of at most {bound} candidates, {outcome}"
 
 
 def _info(client: GanClient, args: argparse.Namespace) -> int:
