@@ -81,6 +81,10 @@ class DiscriminatorInfo(_Strict):
     logit_max: float
     gamma: float
     target_acceptance: float = Field(gt=0, lt=1)
+    fit: dict[str, Any] | None = Field(
+        None,
+        description="None: D as trained with G; else how it was fitted to this G after training (fit-discriminator)",
+    )
 
 
 class Manifest(_Strict):

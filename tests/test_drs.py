@@ -6,13 +6,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import BlobGenerator, ConstantJudge, SquareJudge
+from conftest import BlobGenerator, ConstantJudge, SquareJudge, tiny_config
 
 from service.drs import acceptance, gamma_for, shifted_logit
 from service.latents import candidate_seeds
 from service.manifest import DISCRIMINATOR_NAME, ImageSpec, ManifestError, read_manifest, write_manifest
 from service.runtime import GeneratorRuntime
-from training.export import export_module
+from training.discriminator import FitConfig, FitError, fit_discriminator
+from training.export import export_checkpoint, export_module
+from training.train import train
 
 
 def test_at_gamma_zero_acceptance_is_the_density_ratio_scaled_by_its_maximum():
@@ -162,3 +164,25 @@ def test_a_model_without_a_discriminator_says_how_to_get_one(judged):
     assert judged["none"].discriminator is None
     with pytest.raises(ManifestError, match="has no discriminator.*ganserve export"):
         judged["none"].rejection_sample([1])
+
+
+# --- a discriminator fitted to an exported generator -----------------------------------------------------------------
+
+
+def test_fit_discriminator_keeps_the_generator_and_calibrates_a_d_that_can_tell(idx_dir, tmp_path):
+    """Two epochs of a tiny GAN draw images far from the blobs: a D fitted to that frozen generator tells them from
+    real ones almost always, and the folder it writes serves DRS with the very same generator file."""
+    run = train(tiny_config(idx_dir, model__conditional=True), runs_dir=tmp_path / "runs", progress=False)
+    exported = export_checkpoint(run, tmp_path / "model")
+    cfg = FitConfig(steps=40, batch_size=16, calibration_images=100)
+    fitted = fit_discriminator(tmp_path / "model", tmp_path / "fitted", cfg=cfg, run=run, progress=False)
+    assert fitted.sha256 == exported.sha256 and fitted.gate is None  # the same G; DRS with this D not judged yet
+    fit = fitted.discriminator.fit
+    assert fit["steps"] == 40 and fit["from"].startswith(run.name)
+    assert fit["calibration"]["accuracy"] > 0.9 and fit["calibration"]["bce"] <= fit["calibration"]["bce_before"]
+    assert read_manifest(tmp_path / "fitted") == fitted  # both files verify
+    model = GeneratorRuntime(tmp_path / "fitted")
+    drawn = model.rejection_sample(range(50))
+    assert np.isfinite(drawn.score).all() and (drawn.candidates >= 1).all()
+    with pytest.raises(FitError, match="is not empty"):
+        fit_discriminator(tmp_path / "model", tmp_path / "fitted", cfg=cfg, progress=False)

@@ -88,6 +88,30 @@ def upgrade(
     typer.echo(f"{out} sha256 {manifest.sha256}, parity within {manifest.parity_levels} level(s); judge it again")
 
 
+@app.command("fit-discriminator")
+def fit_discriminator_cmd(
+    model: Path = typer.Argument(..., help="an exported model folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="new folder for the generator with its fitted D"),
+    run: Path = typer.Option(None, "--from", help="start from this training run's D (default: from scratch)"),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="e.g. --set steps=3000 --set batch_size=64"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fit a discriminator to MODEL's generator, frozen, and calibrate it, for rejection sampling (DRS).
+
+    The generator is copied unchanged; judge the new folder with `ganserve evaluate`, which compares DRS with plain
+    sampling on the same seeds and sets the model's default sampler by the result."""
+    from training.config import apply_overrides
+    from training.discriminator import FitConfig, fit_discriminator
+
+    _setup_logging()
+    with _errors():
+        cfg = _validated(FitConfig, apply_overrides({}, overrides))
+        manifest = fit_discriminator(model, out, cfg=cfg, run=run, progress=progress)
+    c = manifest.discriminator.fit["calibration"]
+    typer.echo(f"{out}: D fitted for {cfg.steps} steps; calibrated accuracy {c['accuracy']:.4f} on {c['images']} "
+               f"real and as many generated images (0.5: D cannot tell them apart, and DRS cannot help)")  # fmt: skip
+
+
 @app.command("train-evaluator")
 def train_evaluator_cmd(
     out: Path = typer.Option(Path("models/evaluator"), "--out", "-o", help="folder for evaluator.onnx and manifest"),
@@ -161,11 +185,12 @@ def models(line: str = typer.Option(None, "--line", "-l", help="only this model 
                         stage = "PRODUCTION (current)"
                     m = e.metadata
                     rows.append((name, e.tag, stage, e.created.strftime("%Y-%m-%d %H:%M"), m.get("decision", "-"),
-                                 _num(m.get("fid")), _num(m.get("feature_judge_accuracy")), e.sha256[:12]))  # fmt: skip
+                                 _num(m.get("fid")), _num(m.get("feature_judge_accuracy")), m.get("drs", "-"),
+                                 e.sha256[:12]))  # fmt: skip
     if not rows:
         typer.echo(f"no models in {registry.models_dir}; run ganserve retrain, or make serve to import the default")
         return
-    header = ("line", "tag", "stage", "created", "gate", "FID", "judge acc", "sha256")
+    header = ("line", "tag", "stage", "created", "gate", "FID", "judge acc", "DRS", "sha256")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

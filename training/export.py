@@ -47,10 +47,21 @@ from service.manifest import (
 from service.runtime import GeneratorRuntime
 from training.checkpoint import load_checkpoint
 from training.config import RunConfig
+from training.losses import LOSSES
 from training.networks import Discriminator, Generator
 from training.sampler import OPSET, with_sampler
 
-__all__ = ["BURN_IN", "PARITY_BATCHES", "ExportError", "export_checkpoint", "export_module", "parity", "upgrade"]
+__all__ = [
+    "BURN_IN",
+    "PARITY_BATCHES",
+    "ExportError",
+    "Judged",
+    "export_checkpoint",
+    "export_discriminator",
+    "export_module",
+    "parity",
+    "upgrade",
+]
 
 log = logging.getLogger("ganserve.export")
 
@@ -66,7 +77,7 @@ class ExportError(GanserveError, RuntimeError):
     """The exported graph does not reproduce PyTorch, or cannot be written."""
 
 
-class _Judged(nn.Module):
+class Judged(nn.Module):
     """D behind G's output contract: uint8 NHWC -> [-1, 1] NCHW float, as the training data was fed to it."""
 
     def __init__(self, d: nn.Module, conditional: bool) -> None:
@@ -139,8 +150,8 @@ def export_module(
     judge = (
         None
         if discriminator is None
-        else lambda staging, runtime: _export_discriminator(
-            _Judged(discriminator.eval(), conditional).eval(),
+        else lambda staging, runtime: export_discriminator(
+            Judged(discriminator.eval(), conditional).eval(),
             staging,
             runtime,
             image,
@@ -150,7 +161,7 @@ def export_module(
     return _write(model, manifest, out_dir, reference, against="PyTorch", judge=judge)
 
 
-def _export_discriminator(judged: _Judged, folder: Path, runtime: GeneratorRuntime, image: ImageSpec, *, step: int):
+def export_discriminator(judged: Judged, folder: Path, runtime: GeneratorRuntime, image: ImageSpec, *, step: int):
     """Write ``discriminator.onnx`` into ``folder``, check it against PyTorch on G's parity images, and calibrate
     rejection sampling on a burn-in of G's samples; its manifest entry, or ExportError."""
     import onnxruntime as ort
@@ -291,7 +302,12 @@ def export_checkpoint(source: Path, out_dir: Path, *, ema: bool = True) -> Manif
     )  # fmt: skip
     class_names = state["data"]["class_names"] if cfg.model.conditional else []
     image = ImageSpec(height=cfg.model.image_size, width=cfg.model.image_size, channels=cfg.model.channels)
-    d = Discriminator(cfg.model)
-    d.load_state_dict(state["D"])  # the D of the same step: rejection sampling needs D calibrated on this G
+    d = None
+    if LOSSES[cfg.loss.name].probabilistic:  # a logistic D's logit estimates log(p_data / p_g); a critic's does not
+        d = Discriminator(cfg.model)
+        d.load_state_dict(state["D"])  # the D of the same step, judging this G
+    else:
+        log.info("not exporting the run's %s critic: its score is no density ratio; for rejection sampling, fit a "
+                 "D with: ganserve fit-discriminator %s --out DIR", cfg.loss.name, out_dir)  # fmt: skip
     return export_module(g, out_dir, latent_dim=cfg.model.latent_dim, image=image, class_names=class_names,
                          training=training, discriminator=d)  # fmt: skip
