@@ -34,7 +34,7 @@ def shifted_logit(logits: np.ndarray, logit_max: float, gamma: float = 0.0) -> n
 
 def acceptance(logits: np.ndarray, logit_max: float, gamma: float) -> np.ndarray:
     """The probability of accepting each sample: sigmoid(F(x))."""
-    return 1.0 / (1.0 + np.exp(-shifted_logit(logits, logit_max, gamma)))
+    return _sigmoid(shifted_logit(logits, logit_max, gamma))
 
 
 def gamma_for(logits: np.ndarray, logit_max: float, target: float) -> float:
@@ -46,8 +46,13 @@ def gamma_for(logits: np.ndarray, logit_max: float, target: float) -> float:
     low, high = float(shifted.min()) - 50.0, float(shifted.max()) + 50.0  # mean acceptance ~1 and ~0 there
     for _ in range(200):
         mid = 0.5 * (low + high)
-        if np.mean(1.0 / (1.0 + np.exp(-(shifted - mid)))) > target:
+        if np.mean(_sigmoid(shifted - mid)) > target:
             low = mid
         else:
             high = mid
     return 0.5 * (low + high)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow for very negative x (a logit far below the maximum)."""
+    return np.exp(-np.logaddexp(0.0, -x))

@@ -114,11 +114,7 @@ class GeneratorRuntime:
 
     def judge(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """The discriminator's float32 logits for uint8 NHWC images (and the classes they were drawn for)."""
-        if self.discriminator is None:
-            raise ManifestError(
-                f"{self.folder} has no discriminator (exported without its training run's D): re-export it with "
-                "ganserve export RUN_DIR to sample it with DRS"
-            )
+        self._need_discriminator()
         feeds = {"images": images, **({"labels": labels} if self.manifest.conditional else {})}
         return self.discriminator.run(["logit"], feeds)[0]
 
@@ -136,17 +132,16 @@ class GeneratorRuntime:
         first accepted is kept. At most ``candidates`` are drawn per image (one for all, or one per row); when none
         is accepted, the best-scored one is kept and ``accepted`` says so. Rounds draw one candidate for every
         image still open, so the batch shrinks as images are accepted."""
+        self._need_discriminator()
         d = self.manifest.discriminator
         first = self.generate(seeds, labels, truncation, finite=finite)  # candidate 0: the plain image
-        if d is None:
-            self.judge(first.images)  # raises, saying how to get a discriminator
         seeds = check_seeds(seeds)
         truncation = check_truncation(truncation, len(seeds))
         bound = np.broadcast_to(np.asarray(candidates, np.int64), seeds.shape)
         if (bound < 1).any():
             raise ValueError(f"at least one candidate per image must be allowed, got {int(bound.min())}")
         images, classes, ok = first.images.copy(), first.labels, None if first.finite is None else first.finite.copy()
-        score = self.judge(images, classes)
+        score = _ranked(self.judge(images, classes))
         accepted = candidate_uniforms(seeds, 0) < acceptance(score, d.logit_max, d.gamma)
         drawn = np.ones(len(seeds), np.int32)
         open_ = np.flatnonzero(~accepted & (bound > 1))
@@ -155,7 +150,7 @@ class GeneratorRuntime:
             rows = seeds[open_]
             cls = None if classes is None else classes[open_]
             got = self.generate(candidate_seeds(rows, j), cls, truncation[open_], finite=finite)
-            logit = self.judge(got.images, cls)
+            logit = _ranked(self.judge(got.images, cls))
             yes = candidate_uniforms(rows, j) < acceptance(logit, d.logit_max, d.gamma)
             keep = yes | (logit > score[open_])  # the accepted one, or the best-scored so far for the fallback
             at = open_[keep]
@@ -236,6 +231,13 @@ class GeneratorRuntime:
                 f"{sorted(inputs)} and outputs {sorted(outputs)}: export models with ganserve export"
             )
 
+    def _need_discriminator(self) -> None:
+        if self.discriminator is None:
+            raise ManifestError(
+                f"{self.folder} has no discriminator: re-export it with ganserve export RUN_DIR, or fit one with "
+                "ganserve fit-discriminator, to sample it with DRS"
+            )
+
     def _check_discriminator(self) -> None:
         """images uint8[N,H,W,C] (+ labels int64[N]) in, logit float32[N] out."""
         inputs = {i.name: i.type for i in self.discriminator.get_inputs()}
@@ -246,6 +248,11 @@ class GeneratorRuntime:
                 f"{self.folder / self.manifest.discriminator.file} is not a ganserve discriminator: it must take "
                 f"{want} and give logit: tensor(float), and takes {inputs} and gives {outputs}"
             )
+
+
+def _ranked(logits: np.ndarray) -> np.ndarray:
+    """Logits where NaN ranks lowest (-inf): such a candidate is never accepted, nor kept over any other."""
+    return np.where(np.isnan(logits), np.float32(-np.inf), logits)
 
 
 def nvidia_driver_present() -> bool:

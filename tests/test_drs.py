@@ -177,6 +177,7 @@ def test_fit_discriminator_keeps_the_generator_and_calibrates_a_d_that_can_tell(
     cfg = FitConfig(steps=40, batch_size=16, calibration_images=100)
     fitted = fit_discriminator(tmp_path / "model", tmp_path / "fitted", cfg=cfg, run=run, progress=False)
     assert fitted.sha256 == exported.sha256 and fitted.gate is None  # the same G; DRS with this D not judged yet
+    assert fitted.schema_version == 2
     fit = fitted.discriminator.fit
     assert fit["steps"] == 40 and fit["from"].startswith(run.name)
     assert fit["calibration"]["accuracy"] > 0.9 and fit["calibration"]["bce"] <= fit["calibration"]["bce_before"]

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import GanserveError
-from service.manifest import MODEL_NAME, Manifest, read_manifest, write_manifest
+from service.manifest import MODEL_NAME, SCHEMA_VERSION, Manifest, read_manifest, write_manifest
 from service.runtime import GeneratorRuntime
 from training.checkpoint import load_checkpoint
 from training.config import DataConfig, RunConfig
@@ -177,7 +177,9 @@ def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator
         shutil.copy2(model_dir / MODEL_NAME, staging / MODEL_NAME)
         step = manifest.training.step
         info = export_discriminator(judged, staging, generator, manifest.image, step=step)
-        fitted = manifest.model_copy(update={"discriminator": info.model_copy(update={"fit": fit}), "gate": None})
+        fitted = manifest.model_copy(update={
+            "schema_version": SCHEMA_VERSION, "discriminator": info.model_copy(update={"fit": fit}), "gate": None,
+        })  # fmt: skip
         write_manifest(staging, fitted)
         read_manifest(staging)  # both files against their sha256
         out_dir.parent.mkdir(parents=True, exist_ok=True)
