@@ -55,3 +55,18 @@ def test_the_default_beats_the_plain_dcgan_baseline():
     assert report["evaluator"]["sha256"] == Evaluator(MODELS / "evaluator").manifest.sha256
     for name in ("report.md", "grid.png"):
         assert (MODELS / "default" / name).stat().st_size > 0
+
+
+def test_the_default_carries_a_fitted_discriminator_judged_with_and_without_drs():
+    """Its D was fitted to it after training (ganserve fit-discriminator, 3,000 steps from scratch), and its gate report
+    judged DRS against plain sampling on the same seeds: the verdict in the manifest is what the service defaults to."""
+    manifest = read_manifest(MODELS / "default")  # both files against their sha256
+    d = manifest.discriminator
+    assert d.fit["steps"] == 3000 and d.fit["calibration"]["accuracy"] > 0.7 and d.target_acceptance == 0.5
+    report = json.loads((MODELS / "default" / "report.json").read_text())
+    drs = report["figures"]["drs"]
+    assert report["figures"]["candidate_drs"]["fid"] == drs["fid"]["drs"] and drs["max_candidates"] == 16
+    assert manifest.gate["drs"]["verdict"] == drs["verdict"] == "no detectable difference"
+    assert manifest.gate["drs"]["sampler"] == "plain"  # so requests without a sampler get plain sampling
+    drawn = GeneratorRuntime(MODELS / "default").rejection_sample(range(1000))
+    assert 1.8 < drawn.candidates.mean() < 2.7 and drawn.accepted.mean() > 0.98
