@@ -7,7 +7,8 @@
 
     python bench/drs.py --model /path/to/model-with-discriminator --seconds 8
 
-The model must carry its discriminator (``ganserve export RUN_DIR`` writes it). Quality with and without DRS is the
+The model must carry its discriminator (``ganserve export RUN_DIR`` writes the run's; ``ganserve fit-discriminator``
+fits one to an exported generator). Quality with and without DRS is the
 gate's business (``ganserve evaluate``), not this script's.
 """
 
@@ -61,7 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     model = GeneratorRuntime(args.model)
     if model.discriminator is None:
-        sys.exit(f"{args.model} has no discriminator.onnx: export it from its run with ganserve export RUN_DIR")
+        sys.exit(
+            f"{args.model} has no discriminator.onnx: export it from its run with ganserve export RUN_DIR, or fit "
+            "one with ganserve fit-discriminator"
+        )
 
     result = {"benchmark": "drs", "model": str(args.model), "version": model.version, "seconds": args.seconds,
               "cores": os.cpu_count(), "calibration": model.manifest.discriminator.model_dump()}  # fmt: skip

@@ -14,9 +14,19 @@ fixed gamma would accept 1 % of one model's samples and 90 % of another's. Pure 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["DEFAULT_CANDIDATES", "EPSILON", "MAX_CANDIDATES", "acceptance", "gamma_for", "shifted_logit"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "EPSILON",
+    "MAX_CANDIDATES",
+    "acceptance",
+    "gamma_for",
+    "reported_score",
+    "shifted_logit",
+]
 
 EPSILON = 1e-6  # the paper's: keeps the log finite for the burn-in's own maximum
 # Candidates per image: at the calibrated 50 % mean acceptance, 16 leave about 1 image in 65,000 to the fallback when
@@ -51,6 +61,11 @@ def gamma_for(logits: np.ndarray, logit_max: float, target: float) -> float:
         else:
             high = mid
     return 0.5 * (low + high)
+
+
+def reported_score(logit: float) -> float | None:
+    """A D logit as the API reports it: 6 decimals, None where D gave NaN or an infinity (JSON has neither)."""
+    return round(logit, 6) if math.isfinite(logit) else None
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ __all__ = [
     "MANIFEST_NAME",
     "MODEL_NAME",
     "SCHEMA_VERSION",
+    "Calibration",
+    "DiscriminatorFit",
     "DiscriminatorInfo",
     "ImageSpec",
     "Manifest",
@@ -67,24 +69,46 @@ class TrainingInfo(_Strict):
     dataset: dict[str, Any]
 
 
+class Calibration(_Strict):
+    """Platt scaling of a fitted D's logit (``a * logit + b``), fitted on real training images and as many fresh
+    samples, with D's cross-entropy before and after and its accuracy there."""
+
+    a: float
+    b: float
+    images: int = Field(ge=1, description="real images, and as many generated ones")
+    bce_before: float
+    bce: float
+    accuracy: float
+    jsd_lower_bound_nats: float
+    seen_in_training: bool = Field(
+        description="the real images were among those the run's D trained on (a fit --from a run): the accuracy is "
+        "then optimistic"
+    )
+
+
+class DiscriminatorFit(_Strict):
+    """How a D was fitted to an exported G after training (``ganserve fit-discriminator``)."""
+
+    steps: int = Field(ge=1)
+    start: str = Field(description="'scratch', or the run and step whose D it started from")
+    calibration: Calibration
+
+
 class DiscriminatorInfo(_Strict):
-    """The training run's D beside G: ``images`` uint8[N,H,W,C] (G's own output contract) and, when conditional,
-    ``labels`` int64[N] in; ``logit`` float32[N] out. With the burn-in that calibrates rejection sampling
-    (``service.drs``): the largest logit over ``burn_in`` samples of G, and the gamma at which
-    ``target_acceptance`` of them would be accepted."""
+    """A D beside G (the training run's, or one fitted to G afterwards): ``images`` uint8[N,H,W,C] (G's own output
+    contract) and, when conditional, ``labels`` int64[N] in; ``logit`` float32[N] out. With the burn-in that
+    calibrates rejection sampling (``service.drs``): the largest logit over ``burn_in`` samples of G, and the gamma
+    at which ``target_acceptance`` of them would be accepted."""
 
     file: str = DISCRIMINATOR_NAME
     sha256: str
-    step: int = Field(ge=0, description="the training step it was saved at, the same as G's")
+    step: int = Field(ge=0, description="the training step of the G it judges")
     parity: float = Field(ge=0, description="largest |PyTorch - ONNX| logit over the export's parity images")
     burn_in: int = Field(ge=1)
     logit_max: float
     gamma: float
     target_acceptance: float = Field(gt=0, lt=1)
-    fit: dict[str, Any] | None = Field(
-        None,
-        description="None: D as trained with G; else how it was fitted to this G after training (fit-discriminator)",
-    )
+    fit: DiscriminatorFit | None = Field(None, description="None: the run's D as trained with G")
 
 
 class Manifest(_Strict):

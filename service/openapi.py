@@ -19,7 +19,8 @@ IMAGES = {media: BINARY for media in ("image/png", "image/webp", "image/jpeg")}
 ANIMATIONS = {media: BINARY for media in ("image/webp", "image/gif", "image/png")}
 DRS_HEADERS = {
     "X-Sampler": {"description": "plain, or drs (discriminator rejection sampling)", "schema": {"type": "string"}},
-    "X-Drs-Scores": {"description": "drs: each image's D logit, in grid order", "schema": {"type": "string"}},
+    "X-Drs-Scores": {"description": "drs: each image's D logit, in grid order (nan: not finite)",
+                     "schema": {"type": "string"}},
     "X-Drs-Candidates": {"description": "drs: candidates drawn for each image", "schema": {"type": "string"}},
     "X-Drs-Accepted": {"description": "drs: 1 accepted, 0 none of max_candidates was (the best-scored is kept)",
                        "schema": {"type": "string"}},
@@ -39,7 +40,7 @@ class Problem(BaseModel):
 
 
 class Drs(BaseModel):
-    score: float = Field(description="the discriminator's logit for the image")
+    score: float | None = Field(description="the discriminator's logit for the image (null: NaN or infinite)")
     candidates: int = Field(description="candidates drawn for it")
     accepted: bool = Field(description="false: none of max_candidates was accepted; this is the best-scored")
 

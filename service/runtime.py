@@ -134,12 +134,12 @@ class GeneratorRuntime:
         image still open, so the batch shrinks as images are accepted."""
         self._need_discriminator()
         d = self.manifest.discriminator
-        first = self.generate(seeds, labels, truncation, finite=finite)  # candidate 0: the plain image
         seeds = check_seeds(seeds)
         truncation = check_truncation(truncation, len(seeds))
         bound = np.broadcast_to(np.asarray(candidates, np.int64), seeds.shape)
         if (bound < 1).any():
             raise ValueError(f"at least one candidate per image must be allowed, got {int(bound.min())}")
+        first = self.generate(seeds, labels, truncation, finite=finite)  # candidate 0: the plain image
         images, classes, ok = first.images.copy(), first.labels, None if first.finite is None else first.finite.copy()
         score = _ranked(self.judge(images, classes))
         accepted = candidate_uniforms(seeds, 0) < acceptance(score, d.logit_max, d.gamma)

@@ -47,7 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service import openapi
 from service.batching import Batcher
-from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
+from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES, reported_score
 from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
 from service.guard import ClientErrorLog, Guard, what_is_wrong
 from service.imaging import tile
@@ -93,7 +93,7 @@ class _Drawn:
         """Image i's rejection sampling: its discriminator logit, the candidates drawn, whether one was accepted."""
         if self.scores is None:
             return None
-        return {"score": _score(self.scores[i]), "candidates": self.candidates[i], "accepted": self.accepted[i]}
+        return {"score": reported_score(self.scores[i]), "candidates": self.candidates[i], "accepted": self.accepted[i]}
 
 
 class _Refused(Exception):
@@ -389,7 +389,7 @@ class GANServe:
                    "X-Sampler": drawn.sampler}  # fmt: skip
         if drawn.scores is not None:
             headers |= {
-                "X-Drs-Scores": ",".join(str(_score(s)) for s in drawn.scores),  # "None": a non-finite logit
+                "X-Drs-Scores": ",".join("nan" if (v := reported_score(s)) is None else str(v) for s in drawn.scores),
                 "X-Drs-Candidates": ",".join(map(str, drawn.candidates)),
                 "X-Drs-Accepted": ",".join(str(int(a)) for a in drawn.accepted),
                 "X-Drs-Fallbacks": str(drawn.accepted.count(False)),
@@ -649,11 +649,6 @@ def _provenance(
     }
 
 
-def _score(logit: float) -> float | None:
-    """A D logit as JSON and headers carry it: 6 decimals, None where D gave NaN or an infinity."""
-    return round(logit, 6) if math.isfinite(logit) else None
-
-
 def _default_sampler(info: dict[str, Any]) -> str:
     """The sampler a request without ``sampler`` gets: drs when the gate found that it helps this model (its
     manifest's gate headline), plain otherwise (no discriminator, not judged with DRS, or no clear gain)."""
@@ -672,7 +667,8 @@ def _sampler(req: GenerateRequest, info: dict[str, Any]) -> tuple[str, int]:
         })  # fmt: skip
     if req.max_candidates is not None and sampler != "drs":
         raise _Refused(400, {"error": "max_candidates applies to sampler drs only", "allowed": ["drs"]})
-    return sampler, req.max_candidates or DEFAULT_CANDIDATES
+    judged = ((info.get("gate") or {}).get("drs") or {}).get("max_candidates")  # the bound the gate's verdict is for
+    return sampler, req.max_candidates or judged or DEFAULT_CANDIDATES
 
 
 def _cost(images: np.ndarray, fmt: str) -> int:

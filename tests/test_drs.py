@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import BlobGenerator, ConstantJudge, SquareJudge, tiny_config
 
-from service.drs import acceptance, gamma_for, shifted_logit
+from service.drs import acceptance, gamma_for, reported_score, shifted_logit
 from service.latents import candidate_seeds
 from service.manifest import DISCRIMINATOR_NAME, ImageSpec, ManifestError, read_manifest, write_manifest
 from service.runtime import GeneratorRuntime
@@ -156,6 +156,7 @@ def test_the_candidate_bound_is_enforced_and_a_fallback_is_the_best_scored_candi
         np.testing.assert_array_equal(bound.images[i], tries[int(np.argmax(scores))].images[0])
     per_row = model.rejection_sample(seeds[:4], candidates=np.array([1, 2, 3, 4]))
     assert (per_row.candidates <= [1, 2, 3, 4]).all()
+    np.testing.assert_array_equal(per_row.images[0], one.images[0])  # one candidate allowed: the plain image
     with pytest.raises(ValueError, match="at least one candidate"):
         model.rejection_sample([1], candidates=0)
 
@@ -179,11 +180,22 @@ def test_fit_discriminator_keeps_the_generator_and_calibrates_a_d_that_can_tell(
     assert fitted.sha256 == exported.sha256 and fitted.gate is None  # the same G; DRS with this D not judged yet
     assert fitted.schema_version == 2
     fit = fitted.discriminator.fit
-    assert fit["steps"] == 40 and fit["from"].startswith(run.name)
-    assert fit["calibration"]["accuracy"] > 0.9 and fit["calibration"]["bce"] <= fit["calibration"]["bce_before"]
+    assert fit.steps == 40 and fit.start.startswith(run.name) and fit.calibration.seen_in_training
+    assert fit.calibration.accuracy > 0.9 and fit.calibration.bce <= fit.calibration.bce_before
     assert read_manifest(tmp_path / "fitted") == fitted  # both files verify
     model = GeneratorRuntime(tmp_path / "fitted")
     drawn = model.rejection_sample(range(50))
     assert np.isfinite(drawn.score).all() and (drawn.candidates >= 1).all()
     with pytest.raises(FitError, match="is not empty"):
         fit_discriminator(tmp_path / "model", tmp_path / "fitted", cfg=cfg, progress=False)
+
+
+def test_a_nan_logit_ranks_lowest_and_travels_as_null():
+    """Export refuses a D with non-finite logits on its parity and burn-in samples; should one still give NaN for
+    some image, that candidate is never accepted nor kept over another, and its score is sent as null."""
+    from service.runtime import _ranked
+
+    ranked = _ranked(np.array([np.nan, -2.0, np.inf], np.float32))
+    assert ranked.tolist() == [-np.inf, -2.0, np.inf]
+    assert acceptance(ranked, 1.0, 0.0).tolist()[0] == 0.0 and np.argmax(ranked) == 2
+    assert [reported_score(v) for v in (float("nan"), float("-inf"), 1.23456789)] == [None, None, 1.234568]

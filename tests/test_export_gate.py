@@ -78,6 +78,12 @@ def test_export_writes_a_checked_onnx_with_its_manifest(idx_dir, tmp_path):
         export_checkpoint(run, tmp_path / "model")
 
 
+def test_export_leaves_out_a_critic_whose_score_is_no_density_ratio(idx_dir, tmp_path):
+    run = train(tiny_config(idx_dir, loss__name="hinge"), runs_dir=tmp_path / "runs", progress=False)
+    assert export_checkpoint(run, tmp_path / "model").discriminator is None
+    assert not (tmp_path / "model" / "discriminator.onnx").exists()
+
+
 def test_upgrade_puts_the_sampler_in_front_of_a_v1_model(tmp_path):
     """A model exported before protocol v2 took z: upgrade re-exports it to take seeds, with the same weights."""
     import contextlib

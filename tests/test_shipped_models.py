@@ -62,7 +62,8 @@ def test_the_default_carries_a_fitted_discriminator_judged_with_and_without_drs(
     judged DRS against plain sampling on the same seeds: the verdict in the manifest is what the service defaults to."""
     manifest = read_manifest(MODELS / "default")  # both files against their sha256
     d = manifest.discriminator
-    assert d.fit["steps"] == 3000 and d.fit["calibration"]["accuracy"] > 0.7 and d.target_acceptance == 0.5
+    assert d.fit.steps == 3000 and d.fit.start == "scratch" and d.target_acceptance == 0.5
+    assert d.fit.calibration.accuracy > 0.7 and not d.fit.calibration.seen_in_training
     report = json.loads((MODELS / "default" / "report.json").read_text())
     drs = report["figures"]["drs"]
     assert report["figures"]["candidate_drs"]["fid"] == drs["fid"]["drs"] and drs["max_candidates"] == 16

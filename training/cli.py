@@ -107,9 +107,10 @@ def fit_discriminator_cmd(
     with _errors():
         cfg = _validated(FitConfig, apply_overrides({}, overrides))
         manifest = fit_discriminator(model, out, cfg=cfg, run=run, progress=progress)
-    c = manifest.discriminator.fit["calibration"]
-    typer.echo(f"{out}: D fitted for {cfg.steps} steps; calibrated accuracy {c['accuracy']:.4f} on {c['images']} "
-               f"real and as many generated images (0.5: D cannot tell them apart, and DRS cannot help)")  # fmt: skip
+    c = manifest.discriminator.fit.calibration
+    seen = " (images the run's D trained on: optimistic)" if c.seen_in_training else ""
+    typer.echo(f"{out}: D fitted for {cfg.steps} steps; calibrated accuracy {c.accuracy:.4f} on {c.images} real{seen} "
+               f"and as many generated images (0.5: D cannot tell them apart, and DRS cannot help)")  # fmt: skip
 
 
 @app.command("train-evaluator")

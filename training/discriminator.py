@@ -4,9 +4,11 @@ DRS needs D's logit to estimate log(p_data / p_g) for the generator that is serv
 does so poorly: it was chasing a moving G, it judged the raw G while the served one is its EMA average, and its
 batch-norm statistics in eval mode are not those it was trained with. So ``fit_discriminator`` trains D further (from
 the run's D, or from scratch) against the exported generator itself, frozen, drawn through the serving runtime; then
-calibrates its logit by logistic regression (``a * logit + b``, Platt scaling) on training images it did not fit on
-and fresh samples, so that sigmoid(logit) is a probability of "real" and the logit a log density ratio. The gate's
-held-out images are never used: they judge the result.
+calibrates its logit by logistic regression (``a * logit + b``, Platt scaling) on training images kept out of the
+fit and fresh samples, so that sigmoid(logit) is a probability of "real" and the logit a log density ratio. Started
+from a run's D, those images were still seen by it in training (the run trained on every training image), which
+the manifest records (``seen_in_training``): its accuracy is then optimistic. The gate's held-out images are never
+used: they judge the result.
 
 The result is a new model folder: the same generator file (same version), the fitted D beside it, and the manifest
 without a gate report, since DRS with the new D has not been judged yet.
@@ -27,7 +29,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import GanserveError
-from service.manifest import MODEL_NAME, SCHEMA_VERSION, Manifest, read_manifest, write_manifest
+from service.manifest import (
+    MODEL_NAME,
+    SCHEMA_VERSION,
+    Calibration,
+    DiscriminatorFit,
+    Manifest,
+    read_manifest,
+    write_manifest,
+)
 from service.runtime import GeneratorRuntime
 from training.checkpoint import load_checkpoint
 from training.config import DataConfig, RunConfig
@@ -94,6 +104,11 @@ def fit_discriminator(
     started_from = "scratch"
     if run is not None:
         state = load_checkpoint(run)
+        if state["config"]["model"] != manifest.training.config["model"]:
+            raise FitError(f"{run} trained another architecture than {model_dir}'s generator: its D does not fit")
+        if Path(run).name != manifest.training.run_id:
+            log.warning("starting from %s's D, though %s was trained by run %s", run, model_dir,
+                        manifest.training.run_id)  # fmt: skip
         d.load_state_dict(state["D"])
         started_from = f"{Path(run).name} step {state['step']}"
     generator = GeneratorRuntime(model_dir, providers=["CPUExecutionProvider"])
@@ -128,14 +143,14 @@ def fit_discriminator(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     d.eval()
-    calibration = _calibrate(d, images[held].float() / 127.5 - 1, labels[held] if conditional else None, fakes)
-    judged = Judged(Calibrated(d, calibration["a"], calibration["b"]), conditional).eval()
-    return _write(model_dir, out_dir, manifest, judged, generator, {
-        "steps": cfg.steps, "from": started_from, "calibration": calibration,
-    })  # fmt: skip
+    calibration = _calibrate(d, images[held].float() / 127.5 - 1, labels[held] if conditional else None, fakes,
+                             seen=run is not None)  # fmt: skip
+    judged = Judged(Calibrated(d, calibration.a, calibration.b), conditional).eval()
+    fit = DiscriminatorFit(steps=cfg.steps, start=started_from, calibration=calibration)
+    return _write(model_dir, out_dir, manifest, judged, generator, fit)
 
 
-def _calibrate(d: torch.nn.Module, real: torch.Tensor, real_labels, fakes) -> dict[str, float]:
+def _calibrate(d: torch.nn.Module, real: torch.Tensor, real_labels, fakes, *, seen: bool) -> Calibration:
     """a and b minimising the cross-entropy of sigmoid(a * logit + b) on held-back real images and as many fresh
     samples; with D's accuracy there, before and after (the instrument's strength: near 0.5, DRS cannot help)."""
     n = len(real)
@@ -166,13 +181,15 @@ def _calibrate(d: torch.nn.Module, real: torch.Tensor, real_labels, fakes) -> di
         accuracy = ((a * scores + b > 0).float() == truth).float().mean().item()
     log.info("calibrated D: a %.3f, b %.3f; cross-entropy %.4f -> %.4f (log 2 = %.4f), accuracy %.4f",
              a.item(), b.item(), before, after, math.log(2), accuracy)  # fmt: skip
-    return {"a": a.item(), "b": b.item(), "images": n, "bce_before": before, "bce": after, "accuracy": accuracy,
-            "jsd_lower_bound_nats": max(0.0, math.log(2) - after)}  # fmt: skip
+    return Calibration(a=a.item(), b=b.item(), images=n, bce_before=before, bce=after, accuracy=accuracy,
+                       jsd_lower_bound_nats=max(0.0, math.log(2) - after), seen_in_training=seen)  # fmt: skip
 
 
-def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator: GeneratorRuntime, fit: dict):
+def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator: GeneratorRuntime,
+           fit: DiscriminatorFit) -> Manifest:  # fmt: skip
     """The generator file and manifest copied, the fitted D exported and calibrated beside them; whole or nothing."""
-    staging = Path(tempfile.mkdtemp(prefix=".fit-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fit-", dir=out_dir.parent))  # beside it: the rename stays on one disk
     try:
         shutil.copy2(model_dir / MODEL_NAME, staging / MODEL_NAME)
         step = manifest.training.step
@@ -182,13 +199,12 @@ def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator
         })  # fmt: skip
         write_manifest(staging, fitted)
         read_manifest(staging)  # both files against their sha256
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("wrote %s: %s's generator with a D fitted to it (%s)", out_dir, model_dir, fit["from"])
+    log.info("wrote %s: %s's generator with a D fitted to it (from %s)", out_dir, model_dir, fit.start)
     return fitted
 
 

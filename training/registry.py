@@ -98,6 +98,9 @@ def model_metadata(manifest: Any, report: dict | None, decision: str | None = No
     (those it has: BentoML's metadata takes no None)."""
     figures = (report or {}).get("figures", {}).get("candidate", {})
     drs = (report or {}).get("figures", {}).get("drs", {})
+    d = getattr(manifest, "discriminator", None)
+    if (report or {}).get("candidate", {}).get("discriminator_sha256") != (d.sha256 if d else None):
+        drs = {}  # the report judged DRS with another discriminator than this folder's
     shown = {
         "sha256": manifest.sha256,
         "run_id": manifest.training.run_id if manifest.training else None,

@@ -49,7 +49,7 @@ from training.judging import metrics
 from training.judging.evaluator import Evaluator, data_key, find_evaluator
 from training.judging.selftest import run_selftest
 
-__all__ = ["GateConfig", "GateError", "evaluate", "headline", "write_report"]
+__all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
 
 log = logging.getLogger("ganserve.gate")
 REPORT_SCHEMA = 2
@@ -174,7 +174,8 @@ def evaluate(
         }
     if cfg.drs and cand.discriminator is not None:
         figures["candidate_drs"], drs_features = _figures(cand, judge, context, cfg, drs=cfg.drs_candidates)
-        figures["drs"] = _drs_verdict(figures, real_features, drs_features, cand_features, cfg)
+        drs_checks = _checks({"candidate": figures["candidate_drs"]}, cand.manifest, judge.labelled, cfg)
+        figures["drs"] = _drs_verdict(figures, real_features, drs_features, cand_features, drs_checks, cfg)
     if checkpoint is not None:
         figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, splits, cand, cfg)
 
@@ -186,7 +187,12 @@ def evaluate(
         "decision": "reject" if failed else "pass",
         "reasons": [c["rule"] for c in failed] or ["every check passed"],
         "mode": "against production" if prod is not None else "absolute checks only (no production model)",
-        "candidate": {"folder": str(candidate), "sha256": cand.manifest.sha256, **_run_of(cand.manifest)},
+        "candidate": {
+            "folder": str(candidate),
+            "sha256": cand.manifest.sha256,
+            **_run_of(cand.manifest),
+            "discriminator_sha256": _discriminator_sha(cand.manifest),
+        },
         "production": None if prod is None else {"folder": str(production), "sha256": prod.manifest.sha256},
         "evaluator": {
             "sha256": judge.manifest.sha256,
@@ -257,6 +263,10 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
     }
 
 
+def _discriminator_sha(manifest: Manifest) -> str | None:
+    return None if manifest.discriminator is None else manifest.discriminator.sha256
+
+
 def _run_of(manifest: Manifest) -> dict:
     t = manifest.training
     return {} if t is None else {"run_id": t.run_id, "step": t.step}
@@ -309,10 +319,14 @@ def _figures(
 _DRS_SHOWN = ("kid", "precision", "recall", "density", "coverage", "class_entropy", "label_accuracy")
 
 
-def _drs_verdict(figures: dict, real: np.ndarray, drs: np.ndarray, plain: np.ndarray, cfg: GateConfig) -> dict:
+def _drs_verdict(
+    figures: dict, real: np.ndarray, drs: np.ndarray, plain: np.ndarray, checks: list[dict], cfg: GateConfig
+) -> dict:
     """Does DRS help this model? The paired FID difference (DRS - plain, same seeds) and the feature and pixel
-    judges' accuracies, each against its noise: "helps" when FID's interval lies below 0 and no judge finds DRS's
-    images easier to tell from real ones; "hurts" when FID's lies above 0 or a judge does; else no difference."""
+    judges' accuracies, each against its noise: "helps" when FID's interval lies below 0, no judge finds DRS's
+    images easier to tell from real ones, and DRS's images pass every absolute check (``checks``) that plain ones
+    must; "hurts" when FID's interval lies above 0, a judge finds them easier, or a check fails; else no
+    difference."""
     c, d = figures["candidate"], figures["candidate_drs"]
     fid = metrics.fid_paired_difference(real, drs, plain, rounds=cfg.interval_rounds, seed=cfg.seed)
     judges = {}
@@ -320,7 +334,8 @@ def _drs_verdict(figures: dict, real: np.ndarray, drs: np.ndarray, plain: np.nda
         noise = Z_95 * math.sqrt(2) * max(c[key]["binomial_se"], c[key]["accuracy_sd"], d[key]["accuracy_sd"])
         judges[key] = {"plain": c[key]["accuracy"], "drs": d[key]["accuracy"], "noise": noise,
                        "difference": d[key]["accuracy"] - c[key]["accuracy"]}  # fmt: skip
-    worse = any(j["difference"] > j["noise"] for j in judges.values())
+    failed = [c["rule"] for c in checks if not c["passed"]]
+    worse = any(j["difference"] > j["noise"] for j in judges.values()) or bool(failed)
     if fid["ci95"][1] < 0 and not worse:
         verdict = "helps"
     elif fid["ci95"][0] > 0 or worse:
@@ -330,6 +345,7 @@ def _drs_verdict(figures: dict, real: np.ndarray, drs: np.ndarray, plain: np.nda
     return {
         "verdict": verdict,
         "sampler": "drs" if verdict == "helps" else "plain",
+        "failed_checks": failed,
         "fid": {"plain": c["fid"], "drs": d["fid"], **fid},
         **judges,
         **{k: {"plain": c[k], "drs": d[k]} for k in _DRS_SHOWN if k in c},
@@ -423,7 +439,7 @@ def _checks(figures: dict, manifest: Manifest, labelled: bool, cfg: GateConfig) 
     return checks
 
 
-def headline(report: dict) -> dict[str, Any]:
+def _headline(report: dict) -> dict[str, Any]:
     """What the model's manifest keeps of its report (``Manifest.gate``): the decision and headline figures, and
     the DRS verdict the service takes its default sampler from."""
     c, drs = report["figures"]["candidate"], report["figures"].get("drs")
@@ -456,10 +472,14 @@ def headline(report: dict) -> dict[str, Any]:
 
 def write_report(folder: Path, report: dict) -> None:
     """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model,
-    and the report's headline into its manifest when the report judged this very file."""
+    and the report's headline into its manifest when the report judged these very files (G, and D if any)."""
     model = _open(folder)
-    if report["candidate"]["sha256"] == model.manifest.sha256:
-        write_manifest(folder, model.manifest.model_copy(update={"gate": headline(report)}))
+    judged = report["candidate"]
+    if (judged["sha256"], judged.get("discriminator_sha256")) == (
+        model.manifest.sha256,
+        _discriminator_sha(model.manifest),
+    ):
+        write_manifest(folder, model.manifest.model_copy(update={"gate": _headline(report)}))
     classes = len(model.manifest.class_names)
     first = report["seeds"]["first"]
     drawn = _sample(model, range(first, first + (6 * classes if classes else 64)))

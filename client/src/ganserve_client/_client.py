@@ -210,7 +210,7 @@ def _drs(response: httpx.Response) -> list[DrsInfo] | None:
         return None
     try:
         return [
-            DrsInfo(score=None if score == "None" else float(score), candidates=int(candidates),
+            DrsInfo(score=None if score == "nan" else float(score), candidates=int(candidates),
                     accepted=accepted == "1")
             for score, candidates, accepted in zip(
                 scores.split(","), response.headers["x-drs-candidates"].split(","),
