@@ -56,6 +56,12 @@ def test_errors_exit_2_with_a_message(tiny_yaml, tmp_path, args, message):
         (("export", "nowhere", "--out", "x"), {}, "no checkpoint at nowhere"),
         (("train-evaluator", "--config", "missing.yaml"), {}, "config file missing.yaml does not exist"),
         (("evaluate", "nowhere"), {}, "nowhere has no manifest.json: not an exported ganserve model"),
+        (("fit-discriminator", "nowhere", "--out", "x"), {}, "nowhere has no manifest.json"),
+        (
+            ("fit-discriminator", "nowhere", "--out", "x", "--set", "steps=0"),
+            {},
+            "bad FitConfig setting: steps: Input should be greater than or equal to 1",
+        ),
         (("models",), {"GANSERVE_KEEP_RETIRED": "abc"}, "use a whole number of versions"),
         (("import", "nowhere"), {}, "refusing a model that fails verification"),
         (("promote", "nope"), {}, "no model versions match 'ganserve-candidate:nope'"),

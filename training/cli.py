@@ -319,8 +319,9 @@ def _validated(model_cls, raw: dict):
 
     try:
         return model_cls.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(str(err)) from None
+    except ValidationError as err:  # one line, as every user error: each setting and what it must be
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False))
+        raise ConfigError(f"bad {model_cls.__name__} setting: {wrong}") from None
 
 
 def _verdict(status: str, reasons: list[str], report: Path, candidate: str | None = None) -> None:
