@@ -16,9 +16,9 @@ evaluator against the same held-out real images the GAN never trained on, in one
 5. Discriminator checks: a feature-space judge (the primary statistic) and fresh pixel-space judges; relative to
    production with margin plus interval, and an absolute ceiling on the feature judge. They also give JSD bounds.
 6. Rejection sampling (``service/drs.py``): a candidate exported with its D is judged a second time on the same
-   seeds sampled with DRS, every figure again, plus the paired FID difference DRS - plain and what DRS cost
-   (candidates per image, fallbacks). The verdict (helps / hurts / no detectable difference) decides the sampler
-   the service uses for the model by default; the gate's decision itself judges plain sampling.
+   seeds sampled with DRS, every figure and absolute check again, plus the paired FID difference DRS - plain and
+   what DRS cost (candidates per image, fallbacks). The verdict (helps / hurts / no detectable difference)
+   decides the sampler the service uses for the model by default; the gate's decision itself judges plain sampling.
 The GAN's own discriminator, when its checkpoint is at hand, is scored as a diagnostic only. The report's ``power``
 section states the held-out size and the smallest differences this run could have detected.
 With no production model the absolute checks alone decide. Every threshold lives in ``GateConfig``.
