@@ -506,3 +506,21 @@ def test_an_api_key_guards_generation_and_metrics_but_not_health(home, layout):
         assert httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     finally:
         s.stop()
+
+
+def test_a_model_whose_gate_found_that_drs_helps_gets_it_by_default_with_the_bound_it_was_judged_at():
+    from service.service import GenerateRequest, _default_sampler, _Refused, _sampler
+
+    info = {"model": "default", "version": "abc", "discriminator": {"sha256": "d"},
+            "gate": {"drs": {"verdict": "helps", "sampler": "drs", "max_candidates": 8}}}  # fmt: skip
+    assert _default_sampler(info) == "drs"
+    assert _sampler(GenerateRequest(), info) == ("drs", 8)
+    assert _sampler(GenerateRequest(max_candidates=3), info) == ("drs", 3)
+    assert _sampler(GenerateRequest(sampler="plain"), info)[0] == "plain"
+    no_d = {**info, "discriminator": None}  # a verdict, but no discriminator to sample with
+    assert _default_sampler(no_d) == "plain" and _sampler(GenerateRequest(), no_d)[0] == "plain"
+    with pytest.raises(_Refused, match="has no discriminator"):
+        _sampler(GenerateRequest(sampler="drs"), no_d)
+    assert _default_sampler({**info, "gate": {"drs": {"verdict": "no detectable difference", "sampler": "plain"}}}) == (
+        "plain"
+    )
