@@ -103,5 +103,15 @@ for line in $lines; do
   [ "$status" = 200 ] || { echo "error: /generate for line $line answered $status: $(head -c 300 "$out")" >&2; exit 1; }
   echo "line $line: $(grep -i x-model-version "$out.headers" | tr -d '\r'), $(wc -c < "$out") bytes of WebP"
 done
+# rejection sampling, where the default line's model carries its discriminator
+if curl -fsS "http://127.0.0.1:$PORT/info" | "$BIN/python" -c 'import json, sys; sys.exit(not json.load(sys.stdin)["discriminator"])'; then
+  status=$(curl -sS -X POST "http://127.0.0.1:$PORT/generate" -H 'content-type: application/json' \
+    -d '{"n": 4, "seed": 7, "sampler": "drs"}' -D "$out.headers" -o "$out" -w '%{http_code}')
+  if [ "$status" != 200 ] || ! grep -qi '^x-sampler: drs' "$out.headers"; then
+    echo "error: /generate with sampler drs answered $status: $(head -c 300 "$out")" >&2
+    exit 1
+  fi
+  echo "DRS from the container: $(grep -i x-drs-candidates "$out.headers" | tr -d '\r')"
+fi
 rm -f "$out" "$out.headers"
 say "container OK: $TAG"
