@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ from service.runtime import GeneratorRuntime
 from training.checkpoint import load_checkpoint
 from training.config import DataConfig, RunConfig
 from training.data import load_splits
-from training.export import ExportError, Judged, export_discriminator
+from training.export import ExportError, Judged, export_discriminator, staged
 from training.losses import LOSSES
 from training.networks import Discriminator
 
@@ -188,9 +187,7 @@ def _calibrate(d: torch.nn.Module, real: torch.Tensor, real_labels, fakes, *, se
 def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator: GeneratorRuntime,
            fit: DiscriminatorFit) -> Manifest:  # fmt: skip
     """The generator file and manifest copied, the fitted D exported and calibrated beside them; whole or nothing."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fit-", dir=out_dir.parent))  # beside it: the rename stays on one disk
-    try:
+    with staged(out_dir, prefix=".fit-") as staging:
         shutil.copy2(model_dir / MODEL_NAME, staging / MODEL_NAME)
         step = manifest.training.step
         info = export_discriminator(judged, staging, generator, manifest.image, step=step)
@@ -199,11 +196,6 @@ def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator
         })  # fmt: skip
         write_manifest(staging, fitted)
         read_manifest(staging)  # both files against their sha256
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %s: %s's generator with a D fitted to it (from %s)", out_dir, model_dir, fit.start)
     return fitted
 

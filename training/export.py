@@ -22,6 +22,7 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +61,7 @@ __all__ = [
     "export_discriminator",
     "export_module",
     "parity",
+    "staged",
     "upgrade",
 ]
 
@@ -248,8 +250,7 @@ def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference,
     runtime against ``reference(seeds, truncation)``, add the discriminator (``judge(staging, runtime)`` writes it
     and returns its manifest entry), and move the folder into place whole, or write nothing."""
     onnx.checker.check_model(model, full_check=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    try:
+    with staged(out_dir, prefix=".export-") as staging:
         onnx_path = staging / MODEL_NAME
         onnx.save(model, onnx_path)
         write_manifest(staging, manifest.model_copy(update={"sha256": file_sha256(onnx_path)}))
@@ -261,16 +262,25 @@ def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference,
         if judge is not None:
             manifest = manifest.model_copy(update={"discriminator": judge(staging, runtime)})
         write_manifest(staging, manifest)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)  # the folder appears whole or not at all
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "exported %s (%.1f MB), parity within %d level(s)", out_dir, (out_dir / MODEL_NAME).stat().st_size / 1e6, worst
     )
     return manifest
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path, *, prefix: str) -> Iterator[Path]:
+    """A staging folder beside ``out_dir`` (so the rename stays on one disk), moved into place whole when the block
+    ends without error, removed whatever happens: the folder appears whole or not at all."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            out_dir.rmdir()  # an empty folder the caller made; a full one was refused before the work
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def parity(runtime: GeneratorRuntime, reference) -> int:
