@@ -53,10 +53,10 @@ class Images:
         self.pixels, self.version = pixels, version
         labels = trailer["label"]
         self.labels = None if labels[0] < 0 else labels.tolist()
-        drs = trailer["candidates"] > 0
-        self.scores = trailer["score"].tolist() if drs.all() else None
-        self.candidates = trailer["candidates"].tolist() if drs.all() else None
-        self.accepted = trailer["accepted"].astype(bool).tolist() if drs.all() else None
+        drs = bool((trailer["candidates"] > 0).all())  # one request's rows: all drawn by one sampler
+        self.scores = trailer["score"].tolist() if drs else None
+        self.candidates = trailer["candidates"].tolist() if drs else None
+        self.accepted = trailer["accepted"].astype(bool).tolist() if drs else None
 
 
 def pack_images(

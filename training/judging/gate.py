@@ -331,7 +331,7 @@ def _drs_verdict(
     fid = metrics.fid_paired_difference(real, drs, plain, rounds=cfg.interval_rounds, seed=cfg.seed)
     judges = {}
     for key in ("feature_judge", "pixel_judge"):
-        noise = Z_95 * math.sqrt(2) * max(c[key]["binomial_se"], c[key]["accuracy_sd"], d[key]["accuracy_sd"])
+        noise = _judge_noise(c[key], d[key])
         judges[key] = {"plain": c[key]["accuracy"], "drs": d[key]["accuracy"], "noise": noise,
                        "difference": d[key]["accuracy"] - c[key]["accuracy"]}  # fmt: skip
     failed = [c["rule"] for c in checks if not c["passed"]]
@@ -434,7 +434,7 @@ def _checks(figures: dict, manifest: Manifest, labelled: bool, cfg: GateConfig) 
             ("pixel_judge_accuracy", "pixel_judge", cfg.pixel_judge_margin, "the pixel judge"),
         ):
             cj, pj = c[key], p[key]
-            noise = Z_95 * math.sqrt(2) * max(cj["binomial_se"], cj["accuracy_sd"], pj["accuracy_sd"])
+            noise = _judge_noise(cj, pj)
             check(name, cj["accuracy"], "<=", pj["accuracy"] + margin + noise, f"{who} prefers production")
     return checks
 
@@ -468,6 +468,12 @@ def _headline(report: dict) -> dict[str, Any]:
             "fallback_share": drs["fallback_share"],
         },
     }
+
+
+def _judge_noise(first: dict, second: dict) -> float:
+    """How far two judges' accuracies may differ by chance: 1.96 sqrt(2) x the larger of the binomial and seed
+    spreads."""
+    return Z_95 * math.sqrt(2) * max(first["binomial_se"], first["accuracy_sd"], second["accuracy_sd"])
 
 
 def write_report(folder: Path, report: dict) -> None:
