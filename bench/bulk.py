@@ -30,7 +30,7 @@ import httpx
 from ganserve_client import GanClient
 from serve import free_port, start, stop  # bench/serve.py, beside this script: how the benches start servers
 
-from training.registry import Registry
+from release.registry import Registry
 
 FIRST_SEED = 1_000_000
 

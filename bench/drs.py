@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from serve import free_port, hey, start, stop  # bench/serve.py, beside this script: how the benches start servers
 
+from release.registry import Registry
 from service.imaging import encode_png
 from service.runtime import GeneratorRuntime
-from training.registry import Registry
 
 LOADS = [(1, 8), (16, 8)]
 

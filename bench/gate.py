@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
-import os
-import platform
 import pstats
 import time
 from pathlib import Path
+
+from common import write_results
 
 from training.config import load_config
 from training.judging.gate import GateConfig, evaluate
@@ -95,14 +94,11 @@ def main() -> None:
     for label in labels:
         print(label.ljust(width) + "".join(f"{r['stages_s'][label]:>21.1f}s" for r in rows))
     print("total (gate's clock)".ljust(width) + "".join(f"{r['gate_s']:>21.1f}s" for r in rows))
-    result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
-        "command": "python bench/gate.py " + " ".join(f"--case {c}" for c in args.case) + f" --samples {args.samples}",
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(
+        args.out,
+        "python bench/gate.py " + " ".join(f"--case {c}" for c in args.case) + f" --samples {args.samples}",
+        rows,
+    )
 
 
 if __name__ == "__main__":

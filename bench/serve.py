@@ -163,7 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         env = {**os.environ, "BENTOML_HOME": str(home), "BENCH_LOGS": str(home), "GANSERVE_MODEL_DIR": str(args.model)}
-        from training.registry import Registry
+        from release.registry import Registry
 
         Registry(home).import_model(args.model, promote_if_empty=True, force=True)  # speed needs no gate
         py = sys.executable

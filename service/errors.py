@@ -10,7 +10,7 @@ is allowed; the ``ganserve`` CLI catches this base once and prints that message 
     ├── CheckpointError   (training.checkpoint)
     ├── ExportError       (training.export)
     ├── GateError         (training.judging)   the gate cannot judge: wrong or weak evaluator, wrong model
-    └── RegistryError     (training.registry)
+    └── RegistryError     (release.registry)
         └── RegistryLocked
 """
 

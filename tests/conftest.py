@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from release.registry import Registry
 from training.config import RunConfig, validate_config
-from training.registry import Registry
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).parent.parent

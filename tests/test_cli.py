@@ -12,7 +12,7 @@ from conftest import FASHION_MNIST, interrupt_after, tiny_config
 from training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).parent.parent
-GANSERVE = [sys.executable, "-m", "training"]
+GANSERVE = [sys.executable, "-m", "release"]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

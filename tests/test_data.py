@@ -75,6 +75,54 @@ def test_folder_grayscale_without_labels(tmp_path, cache_dir):
     assert splits.train.class_names == ()
 
 
+def _transparent_images() -> dict[str, Image.Image]:
+    """One 16x16 image per way a file can be transparent: the left half opaque red, the right half transparent and
+    storing black (or, for the colour key, a stored colour that is the key)."""
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[:, :8] = (255, 0, 0, 255)
+    la = np.zeros((16, 16, 2), np.uint8)
+    la[:, :8] = (200, 255)
+    palette = Image.new("P", (16, 16), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    palette.paste(0, (8, 0, 16, 16))
+    keyed_palette = palette.copy()
+    palette.info["transparency"] = bytes([0, 255])  # per-entry alpha, the form Pillow warns about on convert("RGB")
+    keyed_palette.info["transparency"] = 0  # one transparent palette index
+    left = np.arange(16)[None, :, None] < 8
+    keyed_rgb = Image.fromarray(np.where(left, [255, 0, 0], [0, 0, 0]).astype(np.uint8).repeat(16, axis=0))
+    keyed_rgb.info["transparency"] = (0, 0, 0)
+    return {
+        "rgba": Image.fromarray(rgba, "RGBA"), "la": Image.fromarray(la, "LA"), "palette": palette,
+        "keyed-palette": keyed_palette, "keyed-rgb": keyed_rgb,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["rgba", "la", "palette", "keyed-palette", "keyed-rgb"])
+@pytest.mark.parametrize(("background", "rgb"), [(None, (255, 255, 255)), ("#2040a0", (0x20, 0x40, 0xA0))])
+def test_transparent_pixels_train_on_the_recorded_background(tmp_path, cache_dir, mode, background, rgb):
+    folder = tmp_path / mode
+    folder.mkdir()
+    for i in range(2):
+        _transparent_images()[mode].save(folder / f"{i}.png")
+    extra = {} if background is None else {"background": background}
+    cfg = DataConfig(kind="folder", path=folder, image_size=16, channels=3, holdout_fraction=0.0, cache_dir=cache_dir,
+                     **extra)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's palette-transparency warning would mean a lossy convert
+        images = load_splits(cfg).train.images.numpy()
+    assert cfg.background == ("#ffffff" if background is None else background)  # recorded in the run's config
+    transparent = images[:, :, :, 8:].transpose(0, 2, 3, 1).reshape(-1, 3)
+    assert (transparent == rgb).all(), f"{mode}: transparent pixels trained as {np.unique(transparent, axis=0)}"
+    opaque = images[:, 0, :, 1]
+    assert (opaque == (200 if mode == "la" else 255)).all()
+
+
+def test_background_must_be_a_colour():
+    with pytest.raises(ValueError, match="background 'transparent-ish' is not a colour"):
+        DataConfig(kind="folder", path=Path("."), background="transparent-ish")
+    assert DataConfig(background="black").background == "#000000"
+
+
 def test_folder_errors(tmp_path, folder_dir, cache_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no images"):

@@ -56,6 +56,29 @@ def test_judging_reads_data_and_networks_never_the_training_job():
     assert not bad, f"training/judging/ may import only {sorted(allowed)} from training/: {bad}"
 
 
+def test_nothing_imports_release_but_its_own_clis():
+    bad = [(str(p.relative_to(ROOT)), m) for pkg in ("service", "training", "client") for p, m in imports(pkg)
+           if top(m) == "release"]  # fmt: skip
+    assert not bad, f"release/ is imported by CLIs only (release.cli, bench/, tests/): {bad}"
+
+
+def test_only_release_touches_the_store_and_writes_reports():
+    """training/ trains and judging/ judges: neither opens BentoML's model store nor writes a report or a manifest's
+    gate headline; release/ does both."""
+    store = [(p.name, m) for p, m in imports("training") if top(m) == "bentoml"]
+    assert not store, f"only release/ opens the model store: {store}"
+    writes = [p.name for p in (ROOT / "training/judging").rglob("*.py") if "write_manifest" in p.read_text()]
+    assert not writes, f"judging/ writes nothing into model folders (release.report does): {writes}"
+
+
+def test_release_imports_the_contract_training_and_itself_only():
+    third_party = {"numpy", "PIL", "pydantic", "typer", "tqdm", "bentoml"}
+    allowed = sys.stdlib_module_names | third_party | {"__future__", "release", "training"}
+    bad = [(p.name, m) for p, m in imports("release") if top(m) not in allowed | {"service"}]
+    bad += [(p.name, m) for p, m in imports("release") if top(m) == "service" and m not in SERVICE_CONTRACTS]
+    assert not bad, f"release/ may import the service's contract, training/ and itself: {bad}"
+
+
 def test_service_contract_modules_import_numpy_and_stdlib_only():
     for name in SERVICE_CONTRACTS - {"service"}:
         path = ROOT / (name.replace(".", "/") + ".py")

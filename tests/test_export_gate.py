@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import Black, BlobGenerator, ConstantJudge, Replay, SquareJudge, blob_dataset, tiny_config
 
+from release.report import write_report
 from service.latents import PROTOCOL, latents_for_seeds
 from service.manifest import ImageSpec, Manifest, ManifestError, file_sha256, read_manifest, write_manifest
 from service.runtime import GeneratorRuntime
@@ -14,7 +15,7 @@ from training.config import DataConfig
 from training.data import load_splits
 from training.export import BURN_IN, ExportError, export_checkpoint, export_module
 from training.judging.evaluator import EvaluatorConfig, train_evaluator
-from training.judging.gate import GateConfig, GateError, evaluate, write_report
+from training.judging.gate import GateConfig, GateError, evaluate
 from training.train import train
 
 LATENT = 800  # BlobGenerator draws its background from z[1:785]

@@ -19,9 +19,9 @@ import torch
 from conftest import BlobGenerator, Server, corrupt, labelled_blobs_in_production, promote
 from openapi_spec_validator import validate
 
+from release.registry import Registry
 from service.manifest import ImageSpec
 from training.export import export_module
-from training.registry import Registry
 
 pytestmark = pytest.mark.slow
 KEY = "k3y"

@@ -109,7 +109,7 @@ def test_a_weak_evaluator_is_refused_by_the_gate(world, tmp_path):
     # the CLI says it in one line and exits 2
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {{kind: idx, path: {world['data'].path}}}\n")
-    cmd = [sys.executable, "-m", "training", "evaluate", str(world["production"]), "--against", "none",
+    cmd = [sys.executable, "-m", "release", "evaluate", str(world["production"]), "--against", "none",
            "--evaluator", str(weak), "--config", str(config)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -141,8 +141,8 @@ def test_the_gate_refuses_an_onnx_file_that_is_not_a_generator(world, tmp_path):
 
 def test_retrain_judges_and_stores_a_model_of_unlabelled_data(world, tmp_path):
     """The offline job end to end on data without labels: its headline has no class figures to read."""
-    from training.registry import Registry
-    from training.retrain import retrain
+    from release.registry import Registry
+    from release.retrain import retrain
 
     lenient = FAST.model_copy(update={
         "max_dropped_share": 1, "min_coverage": 0, "max_feature_judge_accuracy": 1, "min_memorization_ratio": 0,

@@ -8,10 +8,10 @@ import pytest
 from conftest import ROOT, BlobGenerator, Tinted
 from test_registry import add
 
+from release.registry import Registry, RegistryError, RegistryLocked
 from service.lines import LineError, candidate_name, check_line, line_of, production_name
 from service.manifest import ImageSpec
 from training.export import export_module
-from training.registry import Registry, RegistryError, RegistryLocked
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ def two_lines(home):
     """The default line (LabelledBlobs with a discriminator, so DRS can be asked for; promoted without a gate report)
     and "tinted" (RGB 16x16, unconditional, no discriminator), promoted twice with a gate report that judged its
     file, the figures of each promotion in its history."""
+    from release.registry import Registry
     from service.manifest import ImageSpec, read_manifest, write_manifest
     from training.export import export_module
-    from training.registry import Registry
 
     export_module(LabelledBlobs(), home / "labelled", latent_dim=800, image=ImageSpec(height=28, width=28, channels=1),
                   class_names=CLASSES, discriminator=SquareJudge())  # fmt: skip

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, BlobGenerator, corrupt
 
+from release.registry import CANDIDATE_NAME, PRODUCTION_NAME, Registry, RegistryError, RegistryLocked
 from service.manifest import ImageSpec
 from training.export import export_module
-from training.registry import CANDIDATE_NAME, PRODUCTION_NAME, Registry, RegistryError, RegistryLocked
 
 IMAGE = ImageSpec(height=28, width=28, channels=1)
 
@@ -124,7 +124,7 @@ def test_two_jobs_cannot_promote_at_once(models, tmp_path):
     reg = Registry(tmp_path)
     candidate = add(reg, models / "a")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from training.registry import Registry; "
+        [sys.executable, "-c", "import sys, time; from release.registry import Registry; "
          f"r = Registry({str(tmp_path)!r}); cm = r.lock(); cm.__enter__(); print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -186,7 +186,7 @@ def test_import_refuses_a_corrupt_folder_and_promotes_only_a_report_of_this_file
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home")}
 
     def ganserve(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "training", *args]
+        cmd = [sys.executable, "-m", "release", *args]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
     broken = judged(models / "a", tmp_path)
@@ -206,7 +206,7 @@ def test_a_promotion_cleans_what_a_killed_one_left_in_staging_but_not_a_live_job
     reg = Registry(tmp_path)
     candidate = add(reg, models / "a")
     killed = subprocess.run(
-        [sys.executable, "-c", "import os, signal; from training.registry import Registry; "
+        [sys.executable, "-c", "import os, signal; from release.registry import Registry; "
          f"r = Registry({str(tmp_path)!r}); "
          "r._hook = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 'staged' else None; "
          f"r.promote({candidate.version!r})"],
@@ -218,7 +218,7 @@ def test_a_promotion_cleans_what_a_killed_one_left_in_staging_but_not_a_live_job
     assert any(left.rglob("generator.onnx")) and reg.production() is None
 
     live = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from training.registry import Registry; "
+        [sys.executable, "-c", "import time; from pathlib import Path; from release.registry import Registry; "
          f"r = Registry({str(tmp_path)!r}); cm = r._staging(shared=True); cm.__enter__(); "
          f"Path({str(staging / 'live')!r}).mkdir(); print('building', flush=True); time.sleep(30)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,

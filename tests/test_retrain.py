@@ -35,7 +35,7 @@ def job(tmp_path_factory):
 
 def ganserve(*args: str, root: Path, home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENTOML_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=root,
+    return subprocess.run([sys.executable, "-m", "release", *args], capture_output=True, text=True, cwd=root,
                           env=env, timeout=timeout)  # fmt: skip
 
 
@@ -93,7 +93,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint(job, tmp_path):
     long.write_text(json.dumps({**config, "epochs": 400, "max_steps": 400, "checkpoint_every": 5}))
     env = {**os.environ, "BENTOML_HOME": str(tmp_path)}
     gate = [a for g in LENIENT for a in ("--gate", g)]
-    cmd = [sys.executable, "-m", "training", "retrain", "--config", str(long), "--evaluator", "evaluator",
+    cmd = [sys.executable, "-m", "release", "retrain", "--config", str(long), "--evaluator", "evaluator",
            "--runs-dir", str(tmp_path / "runs"), "--no-progress", *gate]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=job, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err = interrupt_after(proc, tmp_path / "runs" / "00000-tiny" / "stats.jsonl", lines=5)

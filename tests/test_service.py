@@ -91,7 +91,7 @@ def test_an_image_seed_gives_the_same_pixels_in_any_request(server):
 
 def test_the_service_the_gate_and_the_runtime_draw_the_same_images(server, home):
     """One path from seeds to images: the same seed, label and truncation give the same pixels everywhere."""
-    from training.judging.gate import _open, _sample
+    from training.judging.gate import open_model, sample
 
     served = png(post(server, n=1, seed=10).content)
     truncated = png(post(server, n=1, seed=10, label=2, truncation=0.5).content)
@@ -101,7 +101,7 @@ def test_the_service_the_gate_and_the_runtime_draw_the_same_images(server, home)
     np.testing.assert_array_equal(by_seed.images[0, ..., 0], served)
     assert named["label_index"] == by_seed.labels[0] == 2 and named["label"] == CLASSES[2]  # 10 mod 4 classes
     np.testing.assert_array_equal(runtime.generate([10], 2, 0.5).images[0, ..., 0], truncated)
-    judged = _sample(_open(home / "conditional"), range(10, 11))
+    judged = sample(open_model(home / "conditional"), range(10, 11))
     np.testing.assert_array_equal(judged.images[0, ..., 0], served)
     assert judged.labels.tolist() == by_seed.labels.tolist()
 

@@ -1,4 +1,5 @@
-"""``python -m training`` is the ``ganserve`` command; torchrun launches it this way (``torchrun -m training``)."""
+"""``python -m training``: the training commands of ``ganserve`` (train, export, ...); torchrun launches training
+this way (``torchrun -m training train``). The whole command, with the release stage's, is ``python -m release``."""
 
 from training.cli import main
 

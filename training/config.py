@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import GanserveError
 
 __all__ = [
+    "MAX_HOLDOUT_FRACTION",
     "SUPPORTED_SIZES",
     "AugmentConfig",
     "ConfigError",
@@ -31,6 +32,8 @@ __all__ = [
 
 # The networks grow a base grid of 4..7 pixels by factors of two, so these are the sizes they can produce.
 SUPPORTED_SIZES = tuple(sorted({base * 2**k for base in (4, 5, 6, 7) for k in range(2, 6)}))
+# The largest share of a small folder worth holding out for the gate: more leaves G too little to learn from.
+MAX_HOLDOUT_FRACTION = 0.3
 
 
 class ConfigError(GanserveError, ValueError):
@@ -56,6 +59,12 @@ class DataConfig(_Strict):
     split_seed: int = Field(0, ge=0, description="fixes the held-out split, independent of the training seed")
     limit: int | None = Field(None, ge=1, description="train on the first N training images only")
     on_bad: Literal["refuse", "skip"] = Field("refuse", description="unreadable image files: refuse, or skip them")
+    background: str = Field(
+        "white",
+        validate_default=True,
+        description="transparent pixels (RGBA, LA, palette transparency) are composited on this colour: a name such "
+        "as white or black, or #rrggbb; the stored colour of a transparent pixel never reaches training",
+    )
     cache_dir: Path | None = Field(
         None, description="decoded folders and fonts are cached here; default $XDG_CACHE_HOME/ganserve/data"
     )
@@ -67,6 +76,19 @@ class DataConfig(_Strict):
         if isinstance(data, dict) and data.get("kind") == "emoji" and data.get("path") is None:
             return {**data, "path": EMOJI_FONT_PATH}
         return data
+
+    @field_validator("background")
+    @classmethod
+    def _known_colour(cls, value: str) -> str:
+        from PIL import ImageColor
+
+        try:
+            r, g, b, *_ = ImageColor.getrgb(value)
+        except ValueError:
+            raise ValueError(
+                f"background {value!r} is not a colour: use a name such as white or black, or #rrggbb"
+            ) from None
+        return f"#{r:02x}{g:02x}{b:02x}"
 
     @model_validator(mode="after")
     def _size_is_producible(self) -> DataConfig:

@@ -27,7 +27,6 @@ With no production model the absolute checks alone decide. Every threshold lives
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -40,16 +39,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from service.errors import GanserveError
-from service.manifest import Manifest, ManifestError, write_manifest
+from service.manifest import Manifest, ManifestError
 from service.runtime import Drawn, GeneratorRuntime
-from training.artifacts import save_grid
-from training.config import DataConfig
+from training.config import MAX_HOLDOUT_FRACTION, DataConfig
 from training.data import Splits, load_splits
 from training.judging import metrics
 from training.judging.evaluator import Evaluator, data_key, find_evaluator
 from training.judging.selftest import run_selftest
 
-__all__ = ["GateConfig", "GateError", "evaluate", "write_report"]
+__all__ = ["DRS_SHOWN", "GateConfig", "GateError", "discriminator_sha", "evaluate", "open_model", "sample"]
 
 log = logging.getLogger("ganserve.gate")
 REPORT_SCHEMA = 2
@@ -98,7 +96,7 @@ class GateConfig(BaseModel):
     drs_candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES, description="DRS bound per image")
 
 
-def _open(folder: Path) -> GeneratorRuntime:
+def open_model(folder: Path) -> GeneratorRuntime:
     """The model through the serving path (the one path from seeds to images), on the CPU: judging is offline."""
     try:
         return GeneratorRuntime(folder, providers=["CPUExecutionProvider"])
@@ -106,7 +104,7 @@ def _open(folder: Path) -> GeneratorRuntime:
         raise GateError(str(err)) from None
 
 
-def _sample(model: GeneratorRuntime, seeds: range, drs: int = 0) -> Drawn:
+def sample(model: GeneratorRuntime, seeds: range, drs: int = 0) -> Drawn:
     """The images for the seeds, 500 at a time, with finite flags; with ``drs`` (candidates per image), by
     rejection sampling."""
 
@@ -134,8 +132,8 @@ def evaluate(
     ``evaluator`` the one for the data is used: the shipped one, or one in ``evaluators`` (found by the data's key)."""
     cfg = cfg or GateConfig()
     started = time.perf_counter()
-    cand = _open(candidate)
-    prod = _open(production) if production is not None else None
+    cand = open_model(candidate)
+    prod = open_model(production) if production is not None else None
     data = data or _data_config(cand.manifest)
     splits = load_splits(data)
     if evaluator is None:
@@ -191,7 +189,7 @@ def evaluate(
             "folder": str(candidate),
             "sha256": cand.manifest.sha256,
             **_run_of(cand.manifest),
-            "discriminator_sha256": _discriminator_sha(cand.manifest),
+            "discriminator_sha256": discriminator_sha(cand.manifest),
         },
         "production": None if prod is None else {"folder": str(production), "sha256": prod.manifest.sha256},
         "evaluator": {
@@ -248,7 +246,9 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
     if len(splits.heldout) < cfg.min_heldout:
         raise GateError(
             f"cannot judge: {len(splits.heldout)} held-out images, at least {cfg.min_heldout} are needed for the "
-            "gate's intervals to mean anything; add images or raise data.holdout_fraction"
+            f"gate's intervals to mean anything, so a folder of at least "
+            f"{math.ceil(cfg.min_heldout / MAX_HOLDOUT_FRACTION)} images ({MAX_HOLDOUT_FRACTION:.0%} held out; "
+            "docs/SMALL_DATA.md has the sizes measured); add images or raise data.holdout_fraction"
         )
     if not cfg.selftest:
         return None
@@ -263,7 +263,7 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
     }
 
 
-def _discriminator_sha(manifest: Manifest) -> str | None:
+def discriminator_sha(manifest: Manifest) -> str | None:
     return None if manifest.discriminator is None else manifest.discriminator.sha256
 
 
@@ -277,7 +277,7 @@ def _figures(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The model's figures, and its samples' features (for the paired intervals); ``drs``: sampled by rejection
     sampling with that many candidates per image at most."""
-    drawn = _sample(model, range(cfg.seed, cfg.seed + cfg.samples), drs)
+    drawn = sample(model, range(cfg.seed, cfg.seed + cfg.samples), drs)
     images, finite, requested = drawn.images, drawn.finite, drawn.labels
     logits, features = judge(images)
     guard = images[: cfg.guard_samples]
@@ -316,7 +316,7 @@ def _figures(
     return figures, features
 
 
-_DRS_SHOWN = ("kid", "precision", "recall", "density", "coverage", "class_entropy", "label_accuracy")
+DRS_SHOWN = ("kid", "precision", "recall", "density", "coverage", "class_entropy", "label_accuracy")
 
 
 def _drs_verdict(
@@ -348,7 +348,7 @@ def _drs_verdict(
         "failed_checks": failed,
         "fid": {"plain": c["fid"], "drs": d["fid"], **fid},
         **judges,
-        **{k: {"plain": c[k], "drs": d[k]} for k in _DRS_SHOWN if k in c},
+        **{k: {"plain": c[k], "drs": d[k]} for k in DRS_SHOWN if k in c},
         "dropped_share": {"plain": c["clusters"]["dropped_share"], "drs": d["clusters"]["dropped_share"]},
         **d["sampling"],
     }
@@ -382,7 +382,7 @@ def _own_discriminator(checkpoint: Path, splits: Splits, model: GeneratorRuntime
     d.load_state_dict(state["D"])
     d.eval()
     n = min(2000, len(splits.heldout))
-    drawn = _sample(model, range(cfg.seed, cfg.seed + n))
+    drawn = sample(model, range(cfg.seed, cfg.seed + n))
     images, labels = drawn.images, drawn.labels
     conditional = labels is not None
     real_x = splits.heldout.images[:n].float() / 127.5 - 1
@@ -439,150 +439,7 @@ def _checks(figures: dict, manifest: Manifest, labelled: bool, cfg: GateConfig) 
     return checks
 
 
-def _headline(report: dict) -> dict[str, Any]:
-    """What the model's manifest keeps of its report (``Manifest.gate``): the decision and headline figures, and
-    the DRS verdict the service takes its default sampler from."""
-    c, drs = report["figures"]["candidate"], report["figures"].get("drs")
-    return {
-        "decision": report["decision"],
-        "reasons": report["reasons"],
-        "fid": c["fid"],
-        "kid": c["kid"],
-        "class_entropy": c.get("class_entropy"),  # labelled data only
-        "feature_judge_accuracy": c["feature_judge"]["accuracy"],
-        "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
-        "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
-        "evaluator_sha256": report["evaluator"]["sha256"],
-        "against": report["production"]["sha256"] if report["production"] else None,
-        "drs": None
-        if drs is None
-        else {
-            "verdict": drs["verdict"],
-            "sampler": drs["sampler"],
-            "fid": {k: drs["fid"][k] for k in ("plain", "drs", "difference", "ci95")},
-            "feature_judge_accuracy": {k: drs["feature_judge"][k] for k in ("plain", "drs")},
-            "pixel_judge_accuracy": {k: drs["pixel_judge"][k] for k in ("plain", "drs")},
-            "coverage": drs["coverage"],
-            "max_candidates": drs["max_candidates"],
-            "candidates_per_image": drs["candidates_per_image"],
-            "fallback_share": drs["fallback_share"],
-        },
-    }
-
-
 def _judge_noise(first: dict, second: dict) -> float:
     """How far two judges' accuracies may differ by chance: 1.96 sqrt(2) x the larger of the binomial and seed
     spreads."""
     return Z_95 * math.sqrt(2) * max(first["binomial_se"], first["accuracy_sd"], second["accuracy_sd"])
-
-
-def write_report(folder: Path, report: dict) -> None:
-    """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model,
-    and the report's headline into its manifest when the report judged these very files (G, and D if any)."""
-    model = _open(folder)
-    judged = report["candidate"]
-    if (judged["sha256"], judged.get("discriminator_sha256")) == (
-        model.manifest.sha256,
-        _discriminator_sha(model.manifest),
-    ):
-        write_manifest(folder, model.manifest.model_copy(update={"gate": _headline(report)}))
-    classes = len(model.manifest.class_names)
-    first = report["seeds"]["first"]
-    drawn = _sample(model, range(first, first + (6 * classes if classes else 64)))
-    images, labels = drawn.images, drawn.labels
-    if labels is not None:
-        images = images[np.argsort(labels, kind="stable").reshape(classes, -1).T.ravel()]
-    save_grid(images, folder / "grid.png", cols=classes or None)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.md").write_text(_markdown(report))
-
-
-def _markdown(r: dict) -> str:
-    lines = [
-        f"# Quality gate: **{r['decision'].upper()}**",
-        "",
-        f"- mode: {r['mode']}",
-        f"- candidate: `{r['candidate']['sha256'][:16]}` {r['candidate'].get('run_id', '')}",
-        f"- production: `{r['production']['sha256'][:16]}`" if r["production"] else "- production: none",
-        f"- evaluator: `{r['evaluator']['sha256'][:16]}` ({_evaluator_line(r['evaluator'])})",
-        f"- held-out images: {r['data']['heldout_images']} (sha256 `{r['data']['heldout_sha256'][:16]}`)",
-        f"- smallest differences this run could detect: FID {r['power']['fid_detectable']:.3g}, feature judge "
-        f"{r['power']['feature_judge_detectable']:.3f}, cluster share {r['power']['cluster_share_detectable']:.3f}",
-        f"- {r['seeds']['count']} samples per model from seed {r['seeds']['first']}; {r['seconds']} s",
-        "",
-        "## Checks",
-        "",
-        "| check | value | rule | |",
-        "|---|---|---|---|",
-    ]
-    for c in r["checks"]:
-        lines.append(
-            f"| {c['name']} | {c['value']:.4g} | {c['op']} {c['limit']:.4g} | {'ok' if c['passed'] else 'FAIL'} |"
-        )
-    lines += ["", "## Figures", "", "| figure | candidate | production |", "|---|---|---|"]
-    cand, prod = r["figures"]["candidate"], r["figures"].get("production", {})
-    rows = [
-        ("FID (evaluator features)", "fid"), ("FID sd (half subsets)", "fid_sd"), ("KID", "kid"),
-        ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
-        ("class entropy", "class_entropy"),
-        ("smallest class share", "min_class_share"), ("label accuracy", "label_accuracy"),
-        ("memorization ratio", "memorization_ratio"), ("mean level", "mean_level"),
-    ]  # fmt: skip
-    for title, key in rows:
-        if key in cand:
-            lines.append(
-                f"| {title} | {cand[key]:.4g} | {prod[key]:.4g} |"
-                if key in prod
-                else f"| {title} | {cand[key]:.4g} | |"
-            )
-    for title, key in (("NDB (different clusters)", "ndb"), ("dropped clusters share", "dropped_share")):
-        row = [f"{m['clusters'][key]:.4g} of {m['clusters']['ndb_k']}" if key == "ndb" else f"{m['clusters'][key]:.4g}"
-               for m in (cand, prod) if "clusters" in m]  # fmt: skip
-        lines.append(f"| {title} | {' | '.join(row)} |")
-    for title, key in (("feature judge", "feature_judge"), ("pixel judge", "pixel_judge")):
-        row = [_judge_cell(m[key]) for m in (cand, prod) if key in m]
-        lines.append(f"| {title} accuracy | {' | '.join(row)} |")
-    if "own_discriminator" in cand:
-        own = cand["own_discriminator"]
-        lines.append(f"| GAN's own D accuracy (diagnostic) | {own['accuracy']:.4f} | |")
-    if "drs" in r["figures"]:
-        lines += _drs_markdown(r["figures"]["drs"])
-    lines += ["", "## Decision", ""] + [f"- {reason}" for reason in r["reasons"]] + ["", "![samples](grid.png)", ""]
-    return "\n".join(lines)
-
-
-def _drs_markdown(drs: dict) -> list[str]:
-    fid = drs["fid"]
-    lines = [
-        "",
-        f"## Rejection sampling (DRS): {drs['verdict']}; default sampler {drs['sampler']}",
-        "",
-        f"Same seeds, at most {drs['max_candidates']} candidates per image: {drs['candidates_per_image']:.3f} drawn "
-        f"per image (acceptance {drs['acceptance_rate']:.3f}), {drs['fallback_share']:.2%} fell back to the best "
-        f"scored. FID difference DRS - plain {fid['difference']:.4g}, "
-        f"interval {fid['ci95'][0]:.3g}..{fid['ci95'][1]:.3g}.",
-        "",
-        "| figure | plain | DRS |",
-        "|---|---|---|",
-        f"| FID | {fid['plain']:.4g} | {fid['drs']:.4g} |",
-    ]
-    lines += [
-        f"| {k.replace('_', ' ')} | {drs[k]['plain']:.4g} | {drs[k]['drs']:.4g} |"
-        for k in (*_DRS_SHOWN, "dropped_share")
-        if k in drs
-    ]
-    for k in ("feature_judge", "pixel_judge"):
-        j = drs[k]
-        lines.append(f"| {k.replace('_', ' ')} accuracy | {j['plain']:.4f} | {j['drs']:.4f} (noise {j['noise']:.4f}) |")
-    return lines
-
-
-def _evaluator_line(e: dict) -> str:
-    test = e.get("selftest")
-    selftest = "self-test not run" if test is None else f"self-test passed in {test['seconds']} s"
-    accuracy = f", test accuracy {e['test_accuracy']:.4f}" if e.get("test_accuracy") is not None else ""
-    return f"{e['method']}{accuracy}, {selftest}"
-
-
-def _judge_cell(j: dict) -> str:
-    return f"{j['accuracy']:.4f} ± {j['accuracy_sd']:.4f} (JSD ≥ {j['jsd_lower_bound_nats']:.3f} nats)"

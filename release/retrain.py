@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from release.registry import Registry, model_metadata
+from release.report import write_report
 from service.lines import DEFAULT_LINE
 from service.manifest import read_manifest
 from training.artifacts import new_run_dir
@@ -21,8 +23,7 @@ from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from training.config import RunConfig
 from training.export import export_checkpoint
 from training.judging.evaluator import evaluator_for
-from training.judging.gate import GateConfig, evaluate, write_report
-from training.registry import Registry, model_metadata
+from training.judging.gate import GateConfig, evaluate
 from training.train import planned_steps, resume, train
 
 __all__ = ["RetrainResult", "retrain"]
