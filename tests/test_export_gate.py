@@ -242,3 +242,9 @@ def test_gate_refuses_an_evaluator_of_another_shape(world, tmp_path):
                   image=ImageSpec(height=32, width=32, channels=1))  # fmt: skip
     with pytest.raises(GateError, match="the evaluator takes 28x28x1 images"):
         judge(world, tmp_path / "big")
+
+
+def test_gate_refuses_too_few_held_out_images_and_says_what_folder_would_do(world):
+    with pytest.raises(GateError, match=r"1000 held-out images, at least 2000 are needed .* a folder of at least "
+                                        r"6667 images \(30% held out"):  # fmt: skip
+        judge(world, world["production"], cfg=FAST.model_copy(update={"min_heldout": 2000}))

@@ -248,7 +248,7 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
             f"cannot judge: {len(splits.heldout)} held-out images, at least {cfg.min_heldout} are needed for the "
             f"gate's intervals to mean anything, so a folder of at least "
             f"{math.ceil(cfg.min_heldout / MAX_HOLDOUT_FRACTION)} images ({MAX_HOLDOUT_FRACTION:.0%} held out; "
-            "docs/SMALL_DATA.md has the sizes measured); add images or raise data.holdout_fraction"
+            "see docs/SMALL_DATA.md); add images or raise data.holdout_fraction"
         )
     if not cfg.selftest:
         return None

@@ -1,0 +1,55 @@
+"""The evaluator's self-test on a small folder, with its halves drawn from the held-out images (as now) and from
+every image: is it the evaluator that is weak at 1,000 images, or the test's sample size?
+
+The evaluator is trained as ``retrain --data`` would (default ``EvaluatorConfig``, the recipe's data) but without
+the self-test that would refuse to save it, then tested both ways with the same seed.
+
+    python scripts/icons.py --out data/icons1k && python bench/selftest_pool.py --data data/icons1k
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from common import write_results
+
+from release.recipe import choose_recipe
+from training.data import ImageSet, Splits, load_splits
+from training.judging.evaluator import Evaluator, EvaluatorConfig, train_evaluator
+from training.judging.selftest import run_selftest
+
+TESTS = ("blur", "noise", "shuffle", "clusters")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/icons1k"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/selftest_pool.json"))
+    args = parser.parse_args()
+    data = choose_recipe(args.data).config.data
+    splits = load_splits(data)
+    every = ImageSet(torch.cat([splits.train.images, splits.heldout.images]), None, ())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train_evaluator(EvaluatorConfig(data=data, selftest=False), Path(tmp) / "evaluator", progress=True)
+        evaluator = Evaluator(Path(tmp) / "evaluator")
+        for pool, halves in (("held out", splits), ("every image", Splits(splits.train, every))):
+            result = run_selftest(evaluator, halves, seed=0)
+            passed = all(result["tests"][name]["passed"] for name in TESTS)  # copies: only with held-out halves
+            rows.append({"pool": pool, "images": len(halves.heldout), "passed": passed,
+                         **{name: result["tests"][name] for name in TESTS}})  # fmt: skip
+    print("\npool | images | noise FID interval (limit) | noise judge (limit) | clusters NDB (limit) | passed")
+    for r in rows:
+        n, c = r["noise"], r["clusters"]
+        print(
+            f"{r['pool']} | {r['images']} | {n['fid_difference_ci95']} ({n['fid_limit']}) | {n['judge_accuracy']} "
+            f"({n['judge_limit']}) | {c['ndb']} of {c['ndb_k']} ({c['ndb_limit']}) | {r['passed']}"
+        )
+    write_results(args.out, f"python bench/selftest_pool.py --data {args.data}", rows)
+
+
+if __name__ == "__main__":
+    main()
