@@ -36,7 +36,7 @@ from training.config import (
     apply_overrides,
     validate_config,
 )
-from training.data import DataError, flatten, image_files
+from training.data import DataError, flatten, image_files, is_transparent
 from training.judging.gate import GateConfig
 
 __all__ = ["MIN_HELDOUT", "Recipe", "Survey", "choose_recipe", "min_images", "survey"]
@@ -74,7 +74,7 @@ class Recipe:
 
     def describe(self) -> list[str]:
         """One line per choice: key = value (why)."""
-        flat = _flatten(self.config.model_dump(mode="json"))
+        flat = _dotted(self.config.model_dump(mode="json"))
         return [f"{key} = {_shown(flat[key])}  ({why})" for key, why in self.reasons.items() if key in flat]
 
 
@@ -93,7 +93,7 @@ def survey(root: Path, *, surveyed: int = SURVEYED, seed: int = 0) -> Survey:
         try:
             with Image.open(root / names[i]) as img:
                 sides.append(min(img.size))
-                transparent += img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+                transparent += is_transparent(img)
                 gray = gray and _is_gray(img)
                 opened += 1
         except OSError:
@@ -177,11 +177,11 @@ def _run_name(root: Path) -> str:
     return cleaned if cleaned and cleaned[0].isalnum() else f"folder-{cleaned}".rstrip("-")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}.")
+            out |= _dotted(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -45,6 +45,7 @@ __all__ = [
     "emoji_glyphs",
     "flatten",
     "image_files",
+    "is_transparent",
     "load_splits",
     "read_idx",
 ]
@@ -277,11 +278,16 @@ def _decode_file(path: Path, cfg: DataConfig) -> np.ndarray:
     return array[None] if cfg.channels == 1 else array.transpose(2, 0, 1)
 
 
+def is_transparent(img: Image.Image) -> bool:
+    """Whether ``img`` can hold transparent pixels: an alpha channel, or a palette's or a colour key's transparency."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
 def flatten(img: Image.Image, background: str, mode: str) -> Image.Image:
     """``img`` in ``mode`` (L or RGB) with its transparency composited on ``background``: an alpha channel (RGBA, LA,
     PA), or a palette's or a single colour's transparency (``info["transparency"]``). A plain ``convert`` would keep
     whatever colour a transparent pixel stores, often black, and train on it."""
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+    if is_transparent(img):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, background)
         canvas.alpha_composite(rgba)
