@@ -12,7 +12,7 @@ three generators with its default settings and no production:
 
 The table gives, per size: whether the self-test passed, the three verdicts, and the gate's stated power (the FID
 difference, feature-judge accuracy and cluster share it would detect 80 % of the time) with the replay's and the
-true generator's memorization ratios.
+true generator's memorization ratios and the recall of the true and the one-kind generators.
 
     python bench/small_gate.py --sizes 250,500,1000,2000,5000 --draws 0
     python bench/small_gate.py --sizes 1000 --draws 0,1,2
@@ -32,13 +32,14 @@ from common import write_results
 from PIL import Image
 from torch import nn
 
-from release.recipe import choose_recipe, min_images
+from release.recipe import choose_recipe
 from service.errors import GanserveError
 from service.manifest import ImageSpec
 from service.runtime import GeneratorRuntime
+from training.config import MAX_HOLDOUT_FRACTION
 from training.export import export_module
 from training.judging.evaluator import evaluator_for
-from training.judging.gate import GateConfig, evaluate
+from training.judging.gate import MIN_HELDOUT, MIN_REFERENCE, GateConfig, evaluate
 
 SIZE = 32
 LATENT = 8 + 3 * SIZE * SIZE
@@ -101,12 +102,12 @@ def run(count: int, draw: int, work: Path) -> dict:
     image = ImageSpec(height=SIZE, width=SIZE, channels=3)
     export_module(Shapes(), work / f"{folder.name}-true", latent_dim=LATENT, image=image)
     write_folder(folder, work / f"{folder.name}-true", count, draw)
-    # below the recipe's smallest folder, half is held out and the gate's minimum lowered to it: does the
+    # below the recipe's smallest folder the gate's minimums are lowered to what the folder has: does the
     # instrument itself work there?
-    small = count < min_images()
-    recipe = choose_recipe(folder, ["data.holdout_fraction=0.5"] if small else [])
+    gate = GateConfig(min_reference=min(count, MIN_REFERENCE),
+                      min_heldout=min(int(count * MAX_HOLDOUT_FRACTION), MIN_HELDOUT))  # fmt: skip
+    recipe = choose_recipe(folder, gate=gate)
     data = recipe.config.data.model_copy(update={"cache_dir": work / "cache"})
-    gate = GateConfig(min_heldout=count // 2) if small else GateConfig()
     row: dict = {"images": count, "draw": draw, "holdout_fraction": data.holdout_fraction, "heldout": None,
                  "selftest": None}  # fmt: skip
     try:
@@ -127,7 +128,8 @@ def run(count: int, draw: int, work: Path) -> dict:
         c = report["figures"]["candidate"]
         row[name] = {"decision": report["decision"], "reasons": report["reasons"],
                      "memorization_ratio": c["memorization_ratio"], "dropped_share": c["clusters"]["dropped_share"],
-                     "fid": c["fid"], "feature_judge": c["feature_judge"]["accuracy"]}  # fmt: skip
+                     "recall": c["recall"], "coverage": c["coverage"], "fid": c["fid"],
+                     "feature_judge": c["feature_judge"]["accuracy"]}  # fmt: skip
         if name == "true":
             row["power"] = report["power"]
     row["seconds"] = round(time.perf_counter() - started)
@@ -155,12 +157,12 @@ def main() -> None:
                 rows.append(run(count, draw, work))
                 print(json.dumps(rows[-1]), flush=True)
     head = ("images", "draw", "held out", "self-test", "true", "one-kind", "replay", "FID det.", "judge det.",
-            "cluster det.", "replay mem.", "true mem.")  # fmt: skip
+            "cluster det.", "replay mem.", "true mem.", "true recall", "one-kind recall")  # fmt: skip
     print("\n" + " | ".join(head))
     for r in rows:
         p = r.get("power", {})
-        mem = [r[n]["memorization_ratio"] if "memorization_ratio" in r.get(n, {}) else math.nan
-               for n in ("replay", "true")]  # fmt: skip
+        mem = [r.get(n, {}).get(key, math.nan) for key, n in (("memorization_ratio", "replay"),
+               ("memorization_ratio", "true"), ("recall", "true"), ("recall", "one-kind"))]  # fmt: skip
         print(" | ".join(map(str, (r["images"], r["draw"], r["heldout"], r["selftest"], _cell(r, "true"),
               _cell(r, "one-kind"), _cell(r, "replay"), p.get("fid_detectable"), p.get("feature_judge_detectable"),
               p.get("cluster_share_detectable"), *mem))))  # fmt: skip

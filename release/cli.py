@@ -155,10 +155,11 @@ def retrain(
     setup_logging()
     try:
         with user_errors(), logging_redirect_tqdm():
+            gate = validated(GateConfig, apply_overrides({}, gate_overrides))
             if data is not None:
                 if config is not None:
                     raise ConfigError("--data chooses the recipe from the folder; drop --config (or --data)")
-                recipe = choose_recipe(data, overrides)
+                recipe = choose_recipe(data, overrides, gate=gate)
                 s = recipe.survey
                 logging.getLogger("ganserve.recipe").info(
                     "%s: %d images%s; the recipe:\n  %s", s.root, s.images,
@@ -168,7 +169,6 @@ def retrain(
                 cfg = recipe.config
             else:
                 cfg = load_config(config or Path("configs/default.yaml"), overrides)
-            gate = validated(GateConfig, apply_overrides({}, gate_overrides))
             registry = _registry(line)
             result = run_job(
                 cfg, evaluator=evaluator, runs_dir=runs_dir, registry=registry, gate=gate, progress=progress

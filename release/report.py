@@ -79,7 +79,8 @@ def _markdown(r: dict) -> str:
         f"- candidate: `{r['candidate']['sha256'][:16]}` {r['candidate'].get('run_id', '')}",
         f"- production: `{r['production']['sha256'][:16]}`" if r["production"] else "- production: none",
         f"- evaluator: `{r['evaluator']['sha256'][:16]}` ({_evaluator_line(r['evaluator'])})",
-        f"- held-out images: {r['data']['heldout_images']} (sha256 `{r['data']['heldout_sha256'][:16]}`)",
+        f"- compared with: {_reference_line(r['data'])}; held out (memorization): {r['data']['heldout_images']} "
+        f"images (sha256 `{r['data']['heldout_sha256'][:16]}`)",
         f"- smallest differences this run could detect: FID {r['power']['fid_detectable']:.3g}, feature judge "
         f"{r['power']['feature_judge_detectable']:.3f}, cluster share {r['power']['cluster_share_detectable']:.3f}",
         f"- {r['seeds']['count']} samples per model from seed {r['seeds']['first']}; {r['seconds']} s",
@@ -149,6 +150,13 @@ def _drs_markdown(drs: dict) -> list[str]:
         j = drs[k]
         lines.append(f"| {k.replace('_', ' ')} accuracy | {j['plain']:.4f} | {j['drs']:.4f} (noise {j['noise']:.4f}) |")
     return lines
+
+
+def _reference_line(data: dict) -> str:
+    """What the distribution statistics compared with (reports from before the reference pool: the held-out split)."""
+    if data.get("reference") == "all":
+        return f"all {data['reference_images']} real images (training and held-out)"
+    return f"the {data.get('reference_images', data['heldout_images'])} held-out images"
 
 
 def _evaluator_line(e: dict) -> str:

@@ -1,6 +1,7 @@
 """Export, the evaluator and the quality gate on a synthetic dataset whose true generator is known."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from training.config import DataConfig
 from training.data import load_splits
 from training.export import BURN_IN, ExportError, export_checkpoint, export_module
 from training.judging.evaluator import EvaluatorConfig, train_evaluator
-from training.judging.gate import GateConfig, GateError, evaluate
+from training.judging.gate import SMALLEST, GateConfig, GateError, evaluate
 from training.train import train
 
 LATENT = 800  # BlobGenerator draws its background from z[1:785]
@@ -244,7 +245,12 @@ def test_gate_refuses_an_evaluator_of_another_shape(world, tmp_path):
         judge(world, tmp_path / "big")
 
 
-def test_gate_refuses_too_few_held_out_images_and_says_what_folder_would_do(world):
-    with pytest.raises(GateError, match=r"1000 held-out images, at least 2000 are needed .* a folder of at least "
-                                        r"6667 images \(30% held out"):  # fmt: skip
+def test_gate_refuses_too_few_real_images_and_quotes_the_smallest_judgeable_folder(world):
+    with pytest.raises(GateError, match=r"3000 real images to compare with, at least 5000 are needed .*"
+                                        r"docs/SMALL_DATA.md: " + re.escape(SMALLEST)):  # fmt: skip
+        judge(world, world["production"], cfg=FAST.model_copy(update={"min_reference": 5000}))
+    with pytest.raises(GateError, match=r"1000 held-out images, at least 2000 are needed for the memorization check; "
+                                        r"raise data.holdout_fraction \(at most 30%\)"):  # fmt: skip
         judge(world, world["production"], cfg=FAST.model_copy(update={"min_heldout": 2000}))
+    with pytest.raises(GateError, match=r"1000 held-out images to compare with, at least 2000"):
+        judge(world, world["production"], cfg=FAST.model_copy(update={"min_reference": 2000, "reference": "heldout"}))

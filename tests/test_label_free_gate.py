@@ -84,6 +84,7 @@ def test_an_equal_model_passes_alone_and_against_production(world, tmp_path):
     [
         ("all-black", lambda splits: Black(), {"mean_level", "near_black_share", "coverage"}),
         ("clusters-removed", lambda splits: BlobGenerator(allowed=(0, 1, 2)), {"dropped_share"}),
+        ("one-mode", lambda splits: BlobGenerator(allowed=(0,)), {"dropped_share", "recall"}),
         ("heavy-blur", lambda splits: Blurred(sigma=1.5), {"coverage", "feature_judge_ceiling"}),
         ("replay", lambda splits: Replay(splits.train.images), {"memorization_ratio"}),
         ("noise", lambda splits: Noise(), {"coverage", "feature_judge_ceiling"}),
@@ -145,8 +146,8 @@ def test_retrain_judges_and_stores_a_model_of_unlabelled_data(world, tmp_path):
     from release.retrain import retrain
 
     lenient = FAST.model_copy(update={
-        "max_dropped_share": 1, "min_coverage": 0, "max_feature_judge_accuracy": 1, "min_memorization_ratio": 0,
-        "min_pixel_std": 0, "max_duplicate_share": 1,
+        "max_dropped_share": 1, "min_coverage": 0, "min_recall": 0, "max_feature_judge_accuracy": 1,
+        "min_memorization_ratio": 0, "min_pixel_std": 0, "max_duplicate_share": 1,
     })  # fmt: skip
     cfg = tiny_config(world["data"].path, epochs=1)
     registry = Registry(tmp_path / "home")

@@ -17,7 +17,7 @@ LENIENT = ["samples=400", "guard_samples=200", "fid_rounds=3", "judge_seeds=[0]"
            "pixel_judge_epochs=1", "pixel_judge_min_steps=0", "min_class_entropy=0", "min_class_share=0",
            "min_label_accuracy=0", "min_pixel_std=0", "max_duplicate_share=1", "min_memorization_ratio=0",
            "fid_margin=100", "feature_judge_margin=1", "pixel_judge_margin=1", "max_dropped_share=1", "min_coverage=0",
-           "max_feature_judge_accuracy=1", "interval_rounds=10"]  # fmt: skip
+           "min_recall=0", "max_feature_judge_accuracy=1", "interval_rounds=10"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
