@@ -1,5 +1,6 @@
 """What augmentation costs a training step: G steps/s of ``ganserve train`` at the recipe ``--data`` picks, with
-augmentation off, DiffAugment (``fixed``, p = 1: every op on every image, the most it can cost) and ADA.
+augmentation off, DiffAugment (``fixed``, p = 1: every op on every image, the most it can cost), ADA (its blit
+group and colour) and LeCam's BigGAN recipe: the variants of bench/augment_study.py.
 
 Each round trains every mode for ``--steps`` G steps from scratch, in turn, in this process with the same thread
 count, so a slow moment of the shared machine hits all modes alike; a mode's figure is its best round, and the
@@ -17,13 +18,15 @@ import time
 from pathlib import Path
 
 import torch
+from augment_study import VARIANTS
 from common import write_results
 
 from release.recipe import choose_recipe
 from training.train import train
 
-MODES = {"none": ["augment.mode=none"], "DiffAugment (fixed, p=1)": ["augment.mode=fixed"],
-         "ADA": ["augment.mode=ada"]}  # fmt: skip
+# The study's variants (bench/augment_study.py), so a cost here is the cost of a row there. ADA's ops are computed for
+# the whole batch and kept or not per image, so it costs the same at any p.
+MODES = {name: VARIANTS[name] for name in ("none", "DiffAugment", "ADA", "LeCam + DiffAugment-BigGAN")}
 
 
 def steps_per_second(data: Path, overrides: list[str], steps: int, runs: Path) -> float:
@@ -49,9 +52,9 @@ def main() -> None:
     base = max(seen["none"])
     rows = [{"mode": name, "best_steps_per_s": round(max(v), 3), "rounds": [round(x, 3) for x in v],
              "cost_of_a_step": round(base / max(v) - 1, 4)} for name, v in seen.items()]  # fmt: skip
-    print(f"\n{'augmentation':<28} {'G steps/s (best)':>17} {'cost of a step':>15}")
+    print(f"\n{'augmentation':<30} {'G steps/s (best)':>17} {'cost of a step':>15}")
     for r in rows:
-        print(f"{r['mode']:<28} {r['best_steps_per_s']:>17.2f} {r['cost_of_a_step']:>+15.1%}")
+        print(f"{r['mode']:<30} {r['best_steps_per_s']:>17.2f} {r['cost_of_a_step']:>+15.1%}")
     command = f"python bench/augment_cost.py --data {args.data} --steps {args.steps} --rounds {args.rounds}"
     write_results(args.out, command, [r | {"threads": torch.get_num_threads()} for r in rows])
 

@@ -10,6 +10,7 @@ from PIL import Image
 from training.augment import POLICY_OPS, ada_step, augment
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, validate_config
+from training.losses import lecam_penalty
 from training.train import resume, train
 
 POLICY = ["color", "translation", "cutout"]
@@ -84,8 +85,35 @@ def test_cutout_zeroes_a_square_of_half_the_size_at_most():
     assert (out[:, 0] == out[:, 2]).all()  # the same hole in every channel
 
 
-def test_policy_words_are_the_three_of_diffaugment():
-    assert set(POLICY_OPS) == set(POLICY)
+def test_flip_mirrors_about_half_the_images_left_right():
+    x = torch.arange(4.0).repeat(400, 1, 4, 1)  # every row reads 0 1 2 3
+    out = augment(x, ["flip"], 1.0, _gen())
+    mirrored = (out[:, 0, 0] == torch.tensor([3.0, 2.0, 1.0, 0.0])).all(dim=1)
+    kept = (out[:, 0, 0] == torch.tensor([0.0, 1.0, 2.0, 3.0])).all(dim=1)
+    assert (mirrored | kept).all() and 150 < int(mirrored.sum()) < 250  # ADA: xflip with probability 1/2
+
+
+def test_rotate_turns_by_quarter_turns_only_each_about_as_often():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).repeat(400, 1, 1, 1)
+    turns = {  # torch.rot90 turns counter-clockwise: the top row 1 2 becomes the left column 2 1
+        0: [[1.0, 2.0], [3.0, 4.0]], 1: [[2.0, 4.0], [1.0, 3.0]], 2: [[4.0, 3.0], [2.0, 1.0]],
+        3: [[3.0, 1.0], [4.0, 2.0]],
+    }  # fmt: skip
+    out = augment(x, ["rotate"], 1.0, _gen())[:, 0]
+    counts = {k: int((out == torch.tensor(v)).flatten(1).all(dim=1).sum()) for k, v in turns.items()}
+    assert sum(counts.values()) == 400 and all(60 < c < 140 for c in counts.values())
+
+
+def test_lecam_penalty_against_a_hand_computed_case():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.0])
+    # relu(real - a_F)^2 = 1, 9 (mean 5); relu(a_R - fake)^2 = 9, 4 (mean 6.5)
+    assert lecam_penalty(real, fake, torch.tensor(2.0), torch.tensor(0.0)).item() == pytest.approx(11.5)
+    # scores already on the right side of the other's average cost nothing
+    assert lecam_penalty(torch.tensor([-2.0]), torch.tensor([3.0]), torch.tensor(1.0), torch.tensor(0.0)) == 0
+
+
+def test_policy_words_are_diffaugments_three_and_adas_blit():
+    assert set(POLICY_OPS) == {*POLICY, "flip", "rotate"}
 
 
 @pytest.mark.parametrize(
@@ -102,8 +130,9 @@ def test_config_resolves_p_by_mode_and_checks_the_policy():
     assert validate_config({"augment": {"mode": "ada"}}).augment.p == 0.0  # ADA starts clean
     spelled = validate_config({"augment": {"mode": "ada", "policy": "cutout, color"}}).augment
     assert spelled.policy == ["color", "cutout"]
-    with pytest.raises(ConfigError, match="augment.policy.0: Input should be 'color', 'translation' or 'cutout'"):
-        validate_config({"augment": {"policy": ["rotate"]}})
+    assert validate_config({"augment": {"policy": "color,flip,rotate"}}).augment.policy == ["flip", "rotate", "color"]
+    with pytest.raises(ConfigError, match="augment.policy.0: Input should be 'flip', 'rotate', 'color'"):
+        validate_config({"augment": {"policy": ["scale"]}})
     with pytest.raises(ConfigError, match="names a transformation twice"):
         validate_config({"augment": {"policy": "color,color"}})
 
@@ -130,9 +159,14 @@ def test_without_augmentation_r_t_is_logged_but_not_p(idx_dir, tmp_path):
     assert "r_t" in row and "aug_p" not in row
 
 
-@pytest.mark.parametrize("mode", ["ada", "fixed"])
+@pytest.mark.parametrize("mode", ["ada", "fixed", "lecam"])
 def test_resume_with_augmentation_equals_an_uninterrupted_run(idx_dir, tmp_path, mode):
-    make = _ada if mode == "ada" else lambda d, **o: tiny_config(d, augment={"mode": "fixed", "p": 0.5}, **o)
+    makers = {
+        "ada": _ada,
+        "fixed": lambda d, **o: tiny_config(d, augment={"mode": "fixed", "p": 0.5}, **o),
+        "lecam": lambda d, **o: tiny_config(d, augment={"mode": "fixed", "p": 0.5}, loss={"lecam": 0.3}, **o),
+    }  # LeCam's moving averages are state too: a resume that lost them would train a different D
+    make = makers[mode]
     # interval 3 with checkpoints every 3 steps and a stop at 5: the stop falls between two adjustments of p
     overrides = {"augment__interval": 3} if mode == "ada" else {}
     straight_run = train(make(idx_dir, **overrides), runs_dir=tmp_path / "a", progress=False)
@@ -146,6 +180,7 @@ def test_resume_with_augmentation_equals_an_uninterrupted_run(idx_dir, tmp_path,
         assert resumed[key].keys() == straight[key].keys()
         assert all(torch.equal(resumed[key][k], straight[key][k]) for k in straight[key]), key
     assert resumed["augment"]["p"] == straight["augment"]["p"]
+    assert torch.equal(resumed["lecam"][0], straight["lecam"][0])
     logged = [json.loads(line) for line in (stopped / "stats.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (straight_run / "stats.jsonl").read_text().splitlines()]
     assert [r.get("aug_p") for r in logged] == [r.get("aug_p") for r in expected]

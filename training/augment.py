@@ -71,13 +71,31 @@ def _cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.
     return x * keep[:, None].to(x.dtype)
 
 
+def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """ADA's xflip: mirror left-right half the time (so an image is mirrored with probability p / 2, as there)."""
+    mirror = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
+    return torch.where(mirror[:, None, None, None], x.flip(3), x)
+
+
+def _rotate(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """ADA's rotate90: a quarter turn k = 0, 1, 2 or 3 times, each equally likely (square images only)."""
+    k = torch.randint(0, 4, (x.shape[0], 1, 1, 1), generator=gen, device=x.device)
+    out = x
+    for turns in (1, 2, 3):
+        out = torch.where(k == turns, torch.rot90(x, turns, dims=(2, 3)), out)
+    return out
+
+
 def _uniform(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=x.device, dtype=x.dtype)
 
 
 Op = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-# The transformations of each policy word, in DiffAugment's order; each is drawn (applied or not) on its own.
+# The transformations of each policy word, each drawn (applied or not) on its own: ADA's blit group first (flip,
+# quarter turns; its integer translation is "translation"), then DiffAugment's words in DiffAugment's order.
 POLICY_OPS: dict[str, tuple[Op, ...]] = {
+    "flip": (_flip,),
+    "rotate": (_rotate,),
     "color": (_brightness, _saturation, _contrast),
     "translation": (_translation,),
     "cutout": (_cutout,),

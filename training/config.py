@@ -123,6 +123,10 @@ class LossConfig(_Strict):
     d_steps: int = Field(1, ge=1, description="D steps per G step (5 in the WGAN papers)")
     clip: float = Field(0.01, gt=0, description="wgan: D weights are clipped to [-clip, clip]")
     gp_weight: float = Field(10.0, ge=0, description="wgan-gp: weight of the gradient penalty")
+    lecam: float = Field(
+        0.0, ge=0, description="weight of LeCam's regulariser on D (0: off; 0.3 in its BigGAN CIFAR runs)"
+    )
+    lecam_decay: float = Field(0.99, ge=0.0, lt=1.0, description="decay of the moving averages LeCam compares with")
 
 
 class OptimConfig(_Strict):
@@ -139,8 +143,9 @@ class EMAConfig(_Strict):
     decay: float = Field(0.999, ge=0.0, lt=1.0)
 
 
-_AugmentWord = Literal["color", "translation", "cutout"]
-_AUGMENT_ORDER = ("color", "translation", "cutout")  # DiffAugment's order of application
+_AugmentWord = Literal["flip", "rotate", "color", "translation", "cutout"]
+# ADA's blit group (flip, quarter turns) first, then DiffAugment's words in its order of application
+_AUGMENT_ORDER = ("flip", "rotate", "color", "translation", "cutout")
 
 
 class AugmentConfig(_Strict):
@@ -153,7 +158,8 @@ class AugmentConfig(_Strict):
         "none", description="none; fixed: probability p throughout; ada: p steered by r_t = E[sign(D(real))]"
     )
     policy: list[_AugmentWord] = Field(
-        list(_AUGMENT_ORDER), description="transformations, as a list or 'color,translation,cutout'"
+        ["color", "translation", "cutout"],
+        description="transformations (flip, rotate, color, translation, cutout), as a list or 'color,cutout'",
     )
     p: float | None = Field(
         None, ge=0.0, le=1.0, description="fixed: the probability (default 1, DiffAugment); ada: the start (default 0)"
@@ -194,8 +200,8 @@ class RunConfig(_Strict):
     amp: bool = Field(True, description="bfloat16 autocast on a CUDA device that supports it")
     channels_last: bool = Field(True, description="NHWC memory layout: ~30% faster G on CPU (oneDNN), tensor cores")
     log_every: int = Field(50, ge=1, description="G steps between stats.jsonl lines")
-    checkpoint_every: int = Field(500, ge=1, description="G steps between checkpoints (and one each epoch)")
-    grid_size: int = Field(64, ge=1, description="images in each epoch's sample grid, from fixed seeds")
+    checkpoint_every: int = Field(500, ge=1, description="G steps between checkpoints and between epochs' grids")
+    grid_size: int = Field(64, ge=1, description="images in each sample grid, from fixed seeds")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

@@ -5,6 +5,8 @@
 - ``wgan``: the Wasserstein critic with weight clipping (Arjovsky et al. 2017); the clipping is done by the loop.
 - ``wgan-gp``: the same critic with a gradient penalty instead of clipping (Gulrajani et al. 2017).
 - ``hinge``: hinge loss for D, meant for a spectrally normalised D (Miyato et al. 2018).
+
+``lecam_penalty`` is a regulariser that any of them can add to D's loss (``loss.lecam``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "Loss", "gradient_penalty"]
+__all__ = ["LOSSES", "Loss", "gradient_penalty", "lecam_penalty"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,13 @@ def gradient_penalty(
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat, labels).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def lecam_penalty(
+    real: torch.Tensor, fake: torch.Tensor, ema_real: torch.Tensor, ema_fake: torch.Tensor
+) -> torch.Tensor:
+    """LeCam's regulariser (Tseng et al. 2021, "Regularizing GANs under Limited Data"): D's scores on reals kept
+    from rising above the moving average of its scores on fakes, and its scores on fakes from falling below that of
+    the reals, E[relu(D(x) - a_F)^2] + E[relu(a_R - D(G(z)))^2]. On little data D's scores on the two drift apart
+    without end; this bounds how far, which the paper shows is a weighted LeCam divergence between them."""
+    return F.relu(real - ema_fake).pow(2).mean() + F.relu(ema_real - fake).pow(2).mean()

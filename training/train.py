@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,7 +32,7 @@ from training.augment import ada_step, augment
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig
 from training.data import Splits, load_splits
-from training.losses import LOSSES, gradient_penalty
+from training.losses import LOSSES, gradient_penalty, lecam_penalty
 from training.networks import build_networks
 
 __all__ = ["RESUMABLE_KEYS", "planned_steps", "resume", "train"]
@@ -131,6 +132,9 @@ class _Trainer:
         # per process and on the device, so a step adds no sync; they are all-reduced when p is adjusted.
         self.aug_p = cfg.augment.p if cfg.augment.mode != "none" else 0.0
         self.ada_pending = torch.zeros(2, device=proc.device)
+        # LeCam's moving averages of D's mean score on reals and on fakes, and the weight 1 - decay^t that removes
+        # their bias towards the zero they start from (as the reference code's zero_debias).
+        self.lecam_ema = torch.zeros(3, device=proc.device)
         if state is not None:
             self._restore(state)
         self.G_train, self.D_train = self._wrap(self.G), self._wrap(self.D)
@@ -142,7 +146,7 @@ class _Trainer:
         self.labels = None if self.splits.train.labels is None else self.splits.train.labels.to(proc.device)
         use_amp = cfg.amp and proc.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-        self.stop_requested, self.saved_step = False, self.step
+        self.stop_requested, self.saved_step, self.grid_step = False, self.step, self.step
         if proc.main:
             log.info(
                 "run %s on %s%s, %d process(es), bf16 autocast %s; G %s params, D %s params; %d train / %d held-out",
@@ -201,6 +205,8 @@ class _Trainer:
         if (aug := state.get("augment")) is not None:  # absent in checkpoints from before augmentation
             self.aug_p = aug["p"]
             self.ada_pending = aug["pending"][self.proc.rank].to(self.proc.device)
+        if (lecam := state.get("lecam")) is not None:  # absent in checkpoints from before LeCam
+            self.lecam_ema = lecam[self.proc.rank].to(self.proc.device)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -231,10 +237,14 @@ class _Trainer:
                     self.epoch, self.batch = self.epoch + 1, 0
                     if stats is not None:
                         stats.write(record)
-                        self._save_grid()
-                    self._checkpoint()
+                    # A grid and a checkpoint per epoch, but at most one per checkpoint_every steps: an epoch of
+                    # 850 icons is 13 steps, and a 10,000-step run on them wrote 769 of each.
+                    if self.epoch == 1 or self.step - self.grid_step >= cfg.checkpoint_every:
+                        self._grid_and_checkpoint()
                 elif self.step % cfg.checkpoint_every == 0:
                     self._checkpoint()
+            if self.grid_step != self.step and not self.stop_requested:  # the samples of the model it ends with
+                self._grid_and_checkpoint()
             if self.saved_step != self.step:
                 self._checkpoint()
         finally:
@@ -285,6 +295,8 @@ class _Trainer:
                 if cfg.loss.name == "wgan-gp":
                     penalty = gradient_penalty(self.D_train, labels, real_seen, fake_seen, self.noise)
                     loss_d = loss_d + cfg.loss.gp_weight * penalty
+                if cfg.loss.lecam > 0:
+                    loss_d = loss_d + cfg.loss.lecam * self._lecam(d_real.float(), d_fake.float())
             signs += torch.sign(d_real.detach().float()).sum()
             self.opt_D.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -317,6 +329,14 @@ class _Trainer:
             "r_t": signs / reals,  # ADA's overfitting heuristic E[sign(D(real))]: near 1 when D is sure of the reals
             "images": torch.tensor(float(cfg.batch_size * cfg.loss.d_steps)),
         }
+
+    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        """Fold this D step's mean scores into the moving averages, then LeCam's penalty against them."""
+        decay = self.cfg.loss.lecam_decay
+        seen = torch.stack([d_real.detach().mean(), d_fake.detach().mean(), torch.ones((), device=d_real.device)])
+        self.lecam_ema.mul_(decay).add_(seen, alpha=1 - decay)
+        ema_real, ema_fake = self.lecam_ema[0] / self.lecam_ema[2], self.lecam_ema[1] / self.lecam_ema[2]
+        return lecam_penalty(d_real, d_fake, ema_real, ema_fake)
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         aug = self.cfg.augment
@@ -377,11 +397,12 @@ class _Trainer:
         return values
 
     def _checkpoint(self) -> None:
-        noise, pending = [self.noise.get_state()], [self.ada_pending.cpu()]
+        noise, pending, lecam = [self.noise.get_state()], [self.ada_pending.cpu()], [self.lecam_ema.cpu()]
         if self.proc.world > 1:
-            noise, pending = [None] * self.proc.world, [None] * self.proc.world
+            noise, pending, lecam = [None] * self.proc.world, [None] * self.proc.world, [None] * self.proc.world
             dist.all_gather_object(noise, self.noise.get_state())
             dist.all_gather_object(pending, self.ada_pending.cpu())
+            dist.all_gather_object(lecam, self.lecam_ema.cpu())
         self.saved_step = self.step
         if not self.proc.main:
             return
@@ -400,22 +421,26 @@ class _Trainer:
                 "opt_D": self.opt_D.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "noise": [s.cpu() for s in noise]},
                 "augment": {"p": self.aug_p, "pending": pending},
+                "lecam": lecam,
             },
         )
+
+    def _grid_and_checkpoint(self) -> None:
+        if self.proc.main:
+            self._save_grid()
+        self.grid_step = self.step
+        self._checkpoint()
 
     @torch.no_grad()
     def _save_grid(self) -> None:
         """A grid from fixed seeds 0..grid_size-1, so grids of successive epochs compare image by image; drawn by the
         latent protocol's numpy reference, so seed s here is the image the exported model serves for seed s."""
         g = self.G_ema if self.G_ema is not None else self.G
-        n, classes = self.cfg.grid_size, self.G.num_classes
-        z = torch.from_numpy(latents_for_seeds(range(n), self.cfg.model.latent_dim)).to(self.proc.device)
-        labels = torch.from_numpy(labels_for_seeds(range(n), classes)).to(self.proc.device) if classes else None
         was_training = g.training
-        g.eval()  # BatchNorm must use running statistics when sampling
-        images = g(z, labels).float().cpu().numpy()
+        images = draw(g, range(self.cfg.grid_size), self.cfg.model.latent_dim, device=self.proc.device)
         g.train(was_training)
-        save_grid(to_uint8(images), self.run_dir / f"grid-epoch{self.epoch:04d}.png", cols=classes or None)
+        classes = self.G.num_classes
+        save_grid(images, self.run_dir / f"grid-epoch{self.epoch:04d}.png", cols=classes or None)
 
 
 class _Window:
@@ -460,3 +485,15 @@ def _postfix(record: dict) -> dict[str, str]:
 
 def _count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+@torch.no_grad()
+def draw(g: nn.Module, seeds: range, latent_dim: int, *, device: torch.device | str = "cpu") -> np.ndarray:
+    """uint8 NHWC images of ``g`` (put in eval mode: BatchNorm then uses its running statistics) for ``seeds``,
+    by the latent protocol's numpy reference, so seed s here is the image the exported model serves for seed s."""
+    g.eval()
+    classes = getattr(g, "num_classes", 0)
+    z = torch.from_numpy(latents_for_seeds(seeds, latent_dim)).to(device)
+    labels = torch.from_numpy(labels_for_seeds(seeds, classes)).to(device) if classes else None
+    parts = [g(z[i : i + 500], None if labels is None else labels[i : i + 500]) for i in range(0, len(z), 500)]
+    return to_uint8(torch.cat(parts).float().cpu().numpy())
