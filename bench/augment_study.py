@@ -98,7 +98,6 @@ class Judge:
         }
 
     @staticmethod
-    @torch.no_grad()
     def draw(run_dir: Path, seeds: range) -> np.ndarray:
         g, cfg = load_generator(run_dir / CHECKPOINT_NAME)
         return draw(g, seeds, cfg.model.latent_dim)

@@ -35,7 +35,7 @@ from training.data import Splits, load_splits
 from training.losses import LOSSES, gradient_penalty, lecam_penalty
 from training.networks import build_networks
 
-__all__ = ["RESUMABLE_KEYS", "planned_steps", "resume", "train"]
+__all__ = ["RESUMABLE_KEYS", "draw", "planned_steps", "resume", "train"]
 
 log = logging.getLogger("ganserve.train")
 
@@ -431,10 +431,8 @@ class _Trainer:
         self.grid_step = self.step
         self._checkpoint()
 
-    @torch.no_grad()
     def _save_grid(self) -> None:
-        """A grid from fixed seeds 0..grid_size-1, so grids of successive epochs compare image by image; drawn by the
-        latent protocol's numpy reference, so seed s here is the image the exported model serves for seed s."""
+        """A grid from fixed seeds 0..grid_size-1 (``draw``), so grids of successive epochs compare image by image."""
         g = self.G_ema if self.G_ema is not None else self.G
         was_training = g.training
         images = draw(g, range(self.cfg.grid_size), self.cfg.model.latent_dim, device=self.proc.device)
