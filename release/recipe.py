@@ -16,8 +16,9 @@ Where the defaults come from (the figures are in docs/SMALL_DATA.md):
 - augmentation: none, the best row of the study on 1,000 icons and 1,000 emoji (bench/augment_study.py: none,
   DiffAugment, ADA, LeCam with DiffAugment's BigGAN policy; 2 seeds, 3 budgets): no variant lowered FID by 30 %
   on both, and where one lowered FID a fresh pixel judge told its images from real ones at least as easily.
-- steps: 10,000 at 32x32, batch 64: 5.5 min of G steps on the 2 cores here (the whole job on 1,000 icons took
-  8.4 min, docs/SMALL_DATA.md), well inside the 45-minute budget; the same steps on a GPU keep runs comparable.
+- steps: 10,000 at 32x32, batch 64: 5.5 to 14 min of G steps on the 2 cores here (30 and 12 steps/s on two days;
+  the whole job on 1,000 icons took 8.4 and 15.6 min, docs/SMALL_DATA.md), well inside the 45-minute budget;
+  the same steps on a GPU keep runs comparable.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ __all__ = ["Recipe", "Survey", "choose_recipe", "min_images", "survey"]
 
 TARGET_HELDOUT = 150
 MAX_SIZE = 64  # the CPU budget: a 64x64 step costs 4x a 32x32 one
-STEPS = 10_000  # at 32x32, batch 64: 5.5 min of G steps on 2 cores (~30 steps/s, measured on 1,000 icons)
+STEPS = 10_000  # at 32x32, batch 64: 5.5-14 min of G steps on 2 cores (12-30 steps/s, measured on 1,000 icons)
 SURVEYED = 400  # images opened to tell gray from colour and to measure the size; the count is the whole folder's
 
 
@@ -161,10 +162,11 @@ def choose_recipe(
         + ("..." if len(s.classes) > 5 else "")
         if labelled
         else "no class sub-folders: unconditional",
-        "model.g_width": "a width-32 DCGAN: at this size a wider D memorises sooner",
+        "model.g_width": "a width-32 DCGAN: at this size a wider D memorises sooner, and a width-64 G did not "
+        "raise recall",
         "augment.mode": "the best row of the augmentation study on 1,000 icons and 1,000 emoji: no variant beat "
         "none on both FID and the pixel judge (docs/SMALL_DATA.md)",
-        "max_steps": "about 6 min of G steps on 2 CPU cores at 32x32 (scaled by pixel count at other sizes)",
+        "max_steps": "6-14 min of G steps on 2 CPU cores at 32x32 (scaled by pixel count at other sizes)",
     }
     raw = apply_overrides(raw, list(overrides))
     for item in overrides:
