@@ -5,7 +5,10 @@
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}
+TOOLS=${TOOLS:-.tools/bin}  # hadolint and syft (make tools)
 TAG=${TAG:-ganserve:latest}
+MAX_MB=${MAX_MB:-600}  # the serving image's budget: no torch, no compiler
+BENTOFILE=${BENTOFILE:-bentofile.yaml}  # make container-gpu: bentofile.gpu.yaml (checked here on the CPU provider)
 PORT=${PORT:-3300}
 BASE=docker.io/library/python:3.11-slim
 NAME=ganserve-check-$$
@@ -34,6 +37,12 @@ if ! $ENGINE image exists "$BASE" 2>/dev/null && ! $ENGINE image inspect "$BASE"
     rootfs=$(mktemp -d)
     trap 'rm -rf "$rootfs"' EXIT
     debootstrap --variant=minbase bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}" >/dev/null
+    # as Debian's own slim images: no downloaded packages, no package lists, no docs, man pages or locales
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
+      "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+      'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/locale/*' \
+      > "$rootfs/etc/dpkg/dpkg.cfg.d/slim"
     tar -C "$rootfs" -c . | $ENGINE import - localhost/debian-base:bookworm >/dev/null
     context=$(mktemp -d)
     # The host's extra CAs (an egress proxy's) must be trusted inside, or pip fails with CERTIFICATE_VERIFY_FAILED.
@@ -42,7 +51,7 @@ if ! $ENGINE image exists "$BASE" 2>/dev/null && ! $ENGINE image inspect "$BASE"
 FROM localhost/debian-base:bookworm
 COPY *.crt /usr/local/share/ca-certificates/
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-pip python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/* /usr/lib/python3.11/EXTERNALLY-MANAGED \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/lib/python3.11/EXTERNALLY-MANAGED \
  && ln -sf /usr/bin/python3 /usr/local/bin/python && ln -sf /usr/bin/pip3 /usr/local/bin/pip && update-ca-certificates
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
@@ -72,11 +81,38 @@ say "importing the shipped default model if there is no production model"
 "$BIN/ganserve" import models/default --promote-if-empty
 
 say "building the bento"
-bento=$("$BIN/bentoml" build -o tag | tail -1 | sed 's/^__tag__://')
+bento=$("$BIN/bentoml" build -f "$BENTOFILE" -o tag | tail -1 | sed 's/^__tag__://')
 echo "$bento"
 
+say "linting the bento's Dockerfile with hadolint"
+"$TOOLS/hadolint" --config deploy/hadolint.yaml "$("$BIN/bentoml" get "$bento" -o path)/env/docker/Dockerfile"
+
 say "building the image $TAG with $ENGINE"
-"$BIN/bentoml" containerize --backend "$ENGINE" -t "$TAG" "$bento"
+version=$("$BIN/python" -c 'import importlib.metadata as m; print(m.version("ganserve"))')
+# BentoML re-renders docker.dockerfile_template inside a temporary build context and refuses a template outside the
+# working directory: the context must lie under it (and on no hidden path), so TMPDIR does.
+mkdir -p build/tmp
+format=()
+[ "$ENGINE" = podman ] && format=(--opt format=docker)  # OCI images drop HEALTHCHECK
+TMPDIR="$PWD/build/tmp" "$BIN/bentoml" containerize --backend "$ENGINE" -t "$TAG" "$bento" "${format[@]}" \
+  --opt "label=org.opencontainers.image.version=$version" \
+  --opt "label=org.opencontainers.image.revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  --opt "label=org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+mb=$(( $($ENGINE image inspect --format '{{.Size}}' "$TAG") / 1000000 ))
+health=$($ENGINE image inspect --format '{{json .Config.Healthcheck}}' "$TAG")
+[ "$health" != null ] || { echo "error: $TAG has no HEALTHCHECK" >&2; exit 1; }
+compilers=$($ENGINE run --rm --entrypoint sh "$TAG" -c 'command -v gcc cc c++ g++ || true')
+echo "image $TAG: $mb MB (budget $MAX_MB MB); compilers: ${compilers:-none}"
+[ "$mb" -le "$MAX_MB" ] || { echo "error: $TAG is $mb MB, over its $MAX_MB MB budget" >&2; exit 1; }
+[ -z "$compilers" ] || { echo "error: $TAG carries a compiler: $compilers" >&2; exit 1; }
+
+say "writing its SBOM with syft"
+mkdir -p build/sbom
+archive=$(mktemp -u).tar
+$ENGINE save -q -o "$archive" "$TAG"
+"$TOOLS/syft" -q "docker-archive:$archive" -o "spdx-json=build/sbom/${TAG%%:*}.spdx.json"
+rm -f "$archive"
+echo "build/sbom/${TAG%%:*}.spdx.json: $("$BIN/python" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["packages"]))' "build/sbom/${TAG%%:*}.spdx.json") packages"
 
 say "running it on 127.0.0.1:$PORT"
 $ENGINE run -d --name "$NAME" -p "127.0.0.1:$PORT:3000" "$TAG" >/dev/null

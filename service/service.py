@@ -187,6 +187,18 @@ def _layout() -> str:
     return SETTINGS.layout
 
 
+def _use_store(path: str) -> None:
+    """Serve from the store at ``path`` instead of BentoML's: a volume the retrain job promotes into, shared by
+    every replica (deploy/). Set before the lines are read from it, in every process that imports this module."""
+    if path:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+        from bentoml._internal.models.model import ModelStore
+
+        if not Path(path).is_dir():
+            raise ValueError(f"bad ganserve setting: GANSERVE_STORE={path!r} is not a folder")
+        BentoMLContainer.model_store.set(ModelStore(path))
+
+
 def _refusal_metric() -> Callable[[str, bool], None]:
     gauge = bentoml.metrics.Gauge(
         name="ganserve_production_refused",
@@ -222,6 +234,7 @@ def _pin_production_models(cls: type) -> type:
 
 
 LAYOUT = _layout()
+_use_store(SETTINGS.store)
 LINES, DEFAULT_MODEL = _lines()
 WORKERS = SETTINGS.workers or (1 if LAYOUT == "batched" else (os.cpu_count() or 1))
 use_header_deadline(SETTINGS.receive_timeout)  # before uvicorn starts in this worker process

@@ -37,6 +37,11 @@ class Settings(BaseModel):
     timeout: float = Field(30.0, gt=0, description="seconds a request may take in all; then 504")
     receive_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers, then its body; then 408")
     reload_seconds: float = Field(5.0, ge=0, description="how often the store is checked for a promotion; 0: never")
+    store: str = Field(
+        "",
+        description="the model store to serve from, a models folder (deploy/: the shared volume's); empty: "
+        "BentoML's (the bento's packed models in a container, $BENTOML_HOME/models on a host)",
+    )
     api_key: SecretStr | None = Field(None, description="then /generate, /generate_batch and /info need it")
     metrics_key: SecretStr | None = Field(None, description="for /metrics; the API key when unset")
 

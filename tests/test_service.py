@@ -524,3 +524,24 @@ def test_a_model_whose_gate_found_that_drs_helps_gets_it_by_default_with_the_bou
     assert _default_sampler({**info, "gate": {"drs": {"verdict": "no detectable difference", "sampler": "plain"}}}) == (
         "plain"
     )
+
+
+def test_a_shared_store_set_by_ganserve_store_is_served_and_followed(tmp_path):
+    """GANSERVE_STORE: a replica serves the store the retrain job promotes into (deploy/: a shared volume), not
+    BentoML's own, and follows a promotion there without a restart."""
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    export_module(BlobGenerator(square=120), tmp_path / "plain", latent_dim=800, image=IMAGE)
+    export_module(BlobGenerator(square=200), tmp_path / "bright", latent_dim=800, image=IMAGE)
+    promote(shared, tmp_path / "plain")
+    own.mkdir()  # BentoML's own home stays empty: a model served comes from the shared store
+    server = Server(own, GANSERVE_STORE=str(shared / "models"), GANSERVE_LAYOUT="inprocess")
+    try:
+        first = post(server, n=1).headers["x-model-version"]
+        promote(shared, tmp_path / "bright")
+        deadline = time.monotonic() + 30
+        while (now := post(server, n=1).headers["x-model-version"]) == first and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert now != first, "the promotion in the shared store was not followed"
+    finally:
+        server.stop()
+    assert not any((own / "models").glob("*")), "BentoML's own store was written"
