@@ -5,7 +5,7 @@
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}
-TOOLS=${TOOLS:-.tools/bin}  # hadolint and syft (make tools)
+TOOLS_BIN=${TOOLS_BIN:-.tools/bin}  # hadolint and syft (make tools)
 TAG=${TAG:-ganserve:latest}
 MAX_MB=${MAX_MB:-600}  # the serving image's budget: no torch, no compiler
 BENTOFILE=${BENTOFILE:-bentofile.yaml}  # make container-gpu: bentofile.gpu.yaml (checked here on the CPU provider)
@@ -85,7 +85,7 @@ bento=$("$BIN/bentoml" build -f "$BENTOFILE" -o tag | tail -1 | sed 's/^__tag__:
 echo "$bento"
 
 say "linting the bento's Dockerfile with hadolint"
-"$TOOLS/hadolint" --config deploy/hadolint.yaml "$("$BIN/bentoml" get "$bento" -o path)/env/docker/Dockerfile"
+"$TOOLS_BIN/hadolint" --config deploy/hadolint.yaml "$("$BIN/bentoml" get "$bento" -o path)/env/docker/Dockerfile"
 
 say "building the image $TAG with $ENGINE"
 version=$("$BIN/python" -c 'import importlib.metadata as m; print(m.version("ganserve"))')
@@ -107,12 +107,7 @@ echo "image $TAG: $mb MB (budget $MAX_MB MB); compilers: ${compilers:-none}"
 [ -z "$compilers" ] || { echo "error: $TAG carries a compiler: $compilers" >&2; exit 1; }
 
 say "writing its SBOM with syft"
-mkdir -p build/sbom
-archive=$(mktemp -u).tar
-$ENGINE save -q -o "$archive" "$TAG"
-"$TOOLS/syft" -q "docker-archive:$archive" -o "spdx-json=build/sbom/${TAG%%:*}.spdx.json"
-rm -f "$archive"
-echo "build/sbom/${TAG%%:*}.spdx.json: $("$BIN/python" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["packages"]))' "build/sbom/${TAG%%:*}.spdx.json") packages"
+ENGINE=$ENGINE TOOLS_BIN=$TOOLS_BIN BIN=$BIN bash scripts/sbom.sh "$TAG"
 
 say "running it on 127.0.0.1:$PORT"
 $ENGINE run -d --name "$NAME" -p "127.0.0.1:$PORT:3000" "$TAG" >/dev/null

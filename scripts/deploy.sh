@@ -4,7 +4,7 @@
 #            wait until the balancer serves images
 #   retrain  run the retrain job once against the shared store; its arguments are the job's (`ganserve ...`)
 #   down     remove every container and network it started (the store's volume too with DEPLOY_KEEP_STORE=0)
-#   images   (re)build the job and balancer images and write their SBOMs (the serving one: make container)
+#   images   (re)build the job and balancer images (the serving one: make container); each build writes its SBOM
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,22 +32,14 @@ images() {
     # the torch wheel and its dependencies as this host's pip finds them (here: the CPU wheel on disk)
     "$BIN/pip" download -q -d build/wheels "$TORCH" || echo "no local torch wheel: the build uses PyTorch's CPU index"
     podman build -q --format docker -f deploy/job.Containerfile -t localhost/ganserve-job:latest . >/dev/null
+    BIN=$BIN bash scripts/sbom.sh localhost/ganserve-job:latest
   fi
   if [ "${1:-}" = all ] || ! podman image exists localhost/ganserve-balancer:latest; then
     say "building the balancer image (Debian's haproxy)"
     podman build -q --format docker -f deploy/balancer.Containerfile -t localhost/ganserve-balancer:latest . >/dev/null
+    BIN=$BIN bash scripts/sbom.sh localhost/ganserve-balancer:latest
   fi
   podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'localhost/ganserve(-job|-balancer)?:latest'
-  if [ "${1:-}" = all ]; then
-    mkdir -p build/sbom
-    for image in ganserve-job ganserve-balancer; do
-      archive=$(mktemp -u).tar
-      podman save -q -o "$archive" "localhost/$image:latest"
-      "${TOOLS:-.tools/bin}/syft" -q "docker-archive:$archive" -o "spdx-json=build/sbom/$image.spdx.json"
-      rm -f "$archive"
-      echo "SBOM: build/sbom/$image.spdx.json"
-    done
-  fi
 }
 
 up() {

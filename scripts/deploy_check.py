@@ -152,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="G steps of the tiny model the job trains")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "deploy-check.json")
     args = parser.parse_args(argv)
-    os.environ.update(DEPLOY_PROJECT=args.project, DEPLOY_PORT=str(args.port))
+    # the check's own project, started from an empty store and removed with its volumes at the end
+    os.environ.update(DEPLOY_PROJECT=args.project, DEPLOY_PORT=str(args.port), DEPLOY_KEEP_STORE="0")
     url = f"http://127.0.0.1:{args.port}/generate"
     rows: dict[str, dict] = {}
     need_hey()
     try:
         sh(*DEPLOY, "down", check=False)
-        sh("podman", "volume", "rm", "-f", f"{args.project}_store", f"{args.project}_runs", check=False)
         start = time.monotonic()
         print(sh(*DEPLOY, "up").strip().splitlines()[-1])
         names = replicas(args.project)
