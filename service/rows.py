@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["VERSION_BYTES", "Images", "pack_images", "pack_request", "unpack_images", "unpack_request", "widen"]
+__all__ = [
+    "VERSION_BYTES", "Images", "pack_images", "pack_request", "unpack_images", "unpack_request", "weights", "widen",
+]  # fmt: skip
 
 VERSION_BYTES = 12  # a model version is the first 12 hex digits of its ONNX file's sha256
 _TRAILER = np.dtype([("label", "<i4"), ("score", "<f4"), ("candidates", "<i4"), ("accepted", "u1")])
@@ -40,6 +42,11 @@ def unpack_request(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     bounds (int64, 0: plain sampling) of rows, possibly of many requests."""
     return (rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2].astype(np.float32),
             rows[:, 3].astype(np.int64), rows[:, 4].astype(np.int64))  # fmt: skip
+
+
+def weights(rows: np.ndarray) -> np.ndarray:
+    """What each request row costs to draw, in images: 1, or its candidate bound for rejection sampling."""
+    return np.maximum(rows[:, 4], 1).astype(np.int64)
 
 
 class Images:

@@ -8,8 +8,9 @@ line with ``model``. Where the models run is the layout (``GANSERVE_LAYOUT``):
 - ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime sessions; its batchable
   ``run`` lets BentoML merge the rows of concurrent requests into one onnxruntime run.
 - ``inprocess`` (the default on CPU, where the hop to another service costs ~5 ms a request, docs/BENCHMARKS.md):
-  every GANServe worker, one per core, holds its own sessions and merges its concurrent requests into one run
-  (``service.batching``).
+  every GANServe worker, one per core, holds its own sessions and schedules their work by size
+  (``service.scheduling``): small requests merge into short runs in a fast lane, large ones run in bounded pieces
+  in a bulk lane at a lower CPU priority, so a small request never waits behind a large one.
 
 Either way requests travel as seeds (``service.rows``), and the model's own graph draws the latents in the thread that
 runs it (``service.runtime``): the event loop only parses, routes and answers, so no request can stall the others or
@@ -46,7 +47,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service import openapi
-from service.batching import Batcher
 from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES, reported_score
 from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
 from service.guard import ClientErrorLog, Guard, what_is_wrong
@@ -54,15 +54,16 @@ from service.imaging import tile
 from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION, walk_length
 from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, line_id, production_name
 from service.production import Lines, NotReady, history, lines_in_store
-from service.rows import pack_request, unpack_images
+from service.rows import pack_request, unpack_images, weights
 from service.runtime import nvidia_driver_present
+from service.scheduling import Scheduler
 from service.settings import Settings
 from service.transport import use_header_deadline
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
 
 SETTINGS = Settings.from_env()
-MAX_BATCH = 256  # rows per onnxruntime run
+MAX_BATCH = 256  # rows per onnxruntime run in the batched layout (BentoML's adaptive batching)
 INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are written off the event loop (~0.2 ms)
 PILLOW_COST = 4  # WebP costs 2.6-4.5x, JPEG 0.9-1.5x our zlib PNG per image (bench/encode.py, docs/BENCHMARKS.md)
 MAX_KEYS, MAX_SEGMENT_FRAMES = 16, 120
@@ -308,19 +309,22 @@ class GANServe:
         )  # fmt: skip
         self.batch_requests = bentoml.metrics.Histogram(
             name="ganserve_batch_requests",
-            documentation="requests merged into one onnxruntime run (in-process layout)",
+            documentation="requests (or pieces of split ones) merged into one onnxruntime run, by lane (in-process "
+            "layout)",
+            labelnames=["lane"],
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
         )
         self.local: Lines | None = None
-        self.batcher: Batcher | None = None
+        self.scheduler: Scheduler | None = None
         if LAYOUT == "inprocess":
             # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
             # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
             threads = max(1, (os.cpu_count() or 1) // WORKERS)
             self.local = Lines(LINES, threads=threads, on_refusal=_refusal_metric())
-            self.batcher = Batcher(
-                self.local.draw, max_rows=MAX_BATCH, on_batch=lambda requests, _: self.batch_requests.observe(requests)
-            )
+            self.scheduler = Scheduler(
+                self.local.draw, run_images=SETTINGS.run_images, small_images=SETTINGS.small_images, weigh=weights,
+                on_run=lambda lane, requests, _: self.batch_requests.labels(lane=lane).observe(requests),
+            )  # fmt: skip
         self.docs = openapi.document(
             GenerateRequest, InterpolateRequest, api_key=SETTINGS.api_key is not None,
             metrics_key=SETTINGS.metrics_secret is not None,
@@ -367,7 +371,7 @@ class GANServe:
         sampler, bound = _sampler(req, info)
         rows = pack_request(seeds, label, req.truncation, line_id(line), bound if sampler == "drs" else 0)
         try:
-            out = await (self.batcher(rows) if self.batcher else self.generator.to_async.run(rows))
+            out = await (self.scheduler.draw(rows) if self.scheduler else self.generator.to_async.run(rows))
         except ServiceUnavailable:  # batched: the Generator has no model (restarted beside a bad file), or is full
             raise _Refused(503, {"error": "the model service cannot take this request now; try again"}) from None
         drawn = unpack_images(out)
@@ -383,6 +387,13 @@ class GANServe:
             candidates=drawn.candidates, accepted=drawn.accepted,
         )  # fmt: skip
 
+    async def _cpu(self, size: int, work: Callable[[], Any]) -> Any:
+        """``work()``, on the event loop when it is small (a thread hop costs more), else in the bulk lane (in a
+        thread in the batched layout)."""
+        if size <= INLINE_PNG_BYTES:
+            return work()
+        return await (self.scheduler.background(work) if self.scheduler else asyncio.to_thread(work))
+
     async def _drew(self, line: str, info: dict[str, Any], version: str) -> dict[str, Any]:
         """The description of the model that drew images stamped ``version``: a promotion may have landed."""
         return info if version == info["version"] else await self._describe(line, version)
@@ -395,7 +406,7 @@ class GANServe:
         images = drawn.images
         request = _reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=len(images))
         mark = _provenance(drawn, "/generate", request, range(len(images)), req.truncation)
-        data = await _cpu(_cost(images, fmt), lambda: encode_image(
+        data = await self._cpu(_cost(images, fmt), lambda: encode_image(
             images[0] if len(images) == 1 else tile(images), fmt, quality=req.quality, provenance=mark
         ))  # fmt: skip
         headers = {"X-Seeds": ",".join(map(str, drawn.seeds)), "X-Model-Version": drawn.version, "X-Model": drawn.line,
@@ -426,7 +437,7 @@ class GANServe:
                 for image, mark in zip(drawn.images, marks, strict=True)
             ]
 
-        files = await _cpu(_cost(drawn.images, fmt), encode)
+        files = await self._cpu(_cost(drawn.images, fmt), encode)
         return {
             "model": drawn.line,
             "model_version": drawn.version,
@@ -465,7 +476,7 @@ class GANServe:
         args = (line, keys, req.frames, indices, req.truncation, req.loop)
         try:
             if self.local is not None:
-                out = await asyncio.to_thread(self.local.walk, *args)
+                out = await self.scheduler.background(lambda: self.local.walk(*args))
             else:
                 out = await self.generator.to_async.walk(*args)
         except (NotReady, ServiceUnavailable) as err:
@@ -485,9 +496,9 @@ class GANServe:
             named = [None if i < 0 else info["class_names"][i] for i in indices]
             request["label"] = named if isinstance(req.label, list) else named[0]
         mark = {**_provenance(walked, "/interpolate", request, range(len(keys)), req.truncation), "frames": frames}
-        data = await asyncio.to_thread(
-            encode_animation, walked.images, fmt, duration_ms=req.duration_ms, quality=req.quality, provenance=mark
-        )
+        data = await self._cpu(_cost(walked.images, fmt), lambda: encode_animation(
+            walked.images, fmt, duration_ms=req.duration_ms, quality=req.quality, provenance=mark
+        ))  # fmt: skip
         headers = {"X-Seeds": ",".join(map(str, keys)), "X-Model-Version": drawn.version, "X-Model": line,
                    "X-Frames": str(frames)}  # fmt: skip
         return Response(data, media_type=ANIMATIONS[fmt], headers=headers)
@@ -728,8 +739,3 @@ async def _answering(request: Request, answer: Callable[[Any], Any]) -> Response
 def _refuse(request: Request, refused: _Refused, why: str | None = None) -> JSONResponse:
     log.info("Refused on %s [POST]: %d %s", request.url.path, refused.status, (why or refused.body["error"])[:300])
     return JSONResponse(refused.body, status_code=refused.status)
-
-
-async def _cpu(size: int, work: Callable[[], Any]) -> Any:
-    """``work()``, on the event loop when it is small (a thread hop costs more), in a thread when it is not."""
-    return work() if size <= INLINE_PNG_BYTES else await asyncio.to_thread(work)

@@ -27,6 +27,12 @@ class Settings(BaseModel):
     route: Literal["asgi", "api"] = Field(
         "asgi", description="/generate as a route of the mounted ASGI app (faster, docs/BENCHMARKS.md) or @bentoml.api"
     )
+    run_images: int = Field(
+        16, ge=1, le=1024, description="images of one model run at most; larger requests run in pieces (bulk lane)"
+    )
+    small_images: int = Field(
+        4, ge=1, le=1024, description="requests of at most this many images take the fast lane (service.scheduling)"
+    )
     max_n: int = Field(64, ge=1, le=1024, description="images per request")
     max_frames: int = Field(1024, ge=2, le=100_000, description="frames of one /interpolate walk")
     max_walk_bytes: int = Field(
@@ -46,9 +52,13 @@ class Settings(BaseModel):
     metrics_key: SecretStr | None = Field(None, description="for /metrics; the API key when unset")
 
     @model_validator(mode="after")
-    def _deadlines_nest(self) -> Settings:
+    def _bounds_nest(self) -> Settings:
         if self.receive_timeout >= self.timeout:  # else a slow body would get the request's 504, not its 408
-            raise ValueError(f"receive_timeout ({self.receive_timeout:g} s) must be below timeout ({self.timeout:g} s)")
+            raise ValueError(f"{PREFIX}RECEIVE_TIMEOUT ({self.receive_timeout:g} s) must be below {PREFIX}TIMEOUT "
+                             f"({self.timeout:g} s)")  # fmt: skip
+        if self.small_images > self.run_images:  # a small request must fit in one run
+            raise ValueError(f"{PREFIX}SMALL_IMAGES ({self.small_images}) must be at most {PREFIX}RUN_IMAGES "
+                             f"({self.run_images})")  # fmt: skip
         return self
 
     @classmethod
@@ -59,8 +69,11 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{PREFIX}{str(e['loc'][0]).upper() if e['loc'] else 'TIMEOUT'}: {e['msg']}" for e in err.errors()
+            problems = "; ".join(  # a check across fields names its variables itself
+                f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}"
+                if e["loc"]
+                else e["msg"].removeprefix("Value error, ")
+                for e in err.errors()
             )
             raise ValueError(f"bad ganserve setting: {problems}") from None
 
