@@ -6,7 +6,9 @@ requests meanwhile), each with its own queue:
 - the **fast lane** takes whole small requests (at most ``small_images`` images). While a run is in flight, newly
   arrived requests queue up; when it ends, the queued ones go into the next run together, first come first, up to
   ``run_images`` images. Nothing waits for company: an idle lane runs a lone request at once, as Triton does
-  without a queue delay.
+  without a queue delay. A run of at most ``inline_images`` images runs on the event loop itself: at n=1 the hop
+  to a thread and back costs more than the run (docs/BENCHMARKS.md), and it holds the loop for a millisecond at
+  most.
 - the **bulk lane** takes everything larger: requests split into pieces of at most ``run_images`` images (merged
   first-fit with other pieces), and other long work handed to ``background`` (walks, encoding large files). Its
   thread runs at a lower CPU priority (nice ``+BULK_NICE``), so when both lanes and the event loop want a core, the
@@ -62,7 +64,8 @@ class Scheduler:
     """``await scheduler.draw(rows)`` returns ``run(rows)``; ``await scheduler.background(fn)`` returns ``fn()``.
 
     ``run`` maps an array of rows to an array with one output row per input row; ``weigh(rows)`` gives each row's
-    cost in images (default 1). ``on_run(lane, requests, rows)`` is told the size of each run. An exception in
+    cost in images (default 1). ``on_run(lane, requests, rows)`` is told the size of each run (lane "fast" or
+    "bulk"). An exception in
     ``run`` reaches every request of that run and no other (a split request fails with any of its pieces).
     """
 
@@ -72,12 +75,13 @@ class Scheduler:
         *,
         run_images: int,
         small_images: int,
+        inline_images: int = 0,
         weigh: Callable[[np.ndarray], np.ndarray] | None = None,
         on_run: Callable[[str, int, int], None] | None = None,
     ) -> None:
         if not 1 <= small_images <= run_images:
             raise ValueError(f"need 1 <= small_images <= run_images, not {small_images} and {run_images}")
-        self._run, self._run_images, self._small = run, run_images, small_images
+        self._run, self._run_images, self._small, self._inline = run, run_images, small_images, inline_images
         self._weigh = weigh or (lambda rows: np.ones(len(rows), np.int64))
         self._on_run = on_run
         self.fast = _Lane("fast", ThreadPoolExecutor(1, "ganserve-fast"))
@@ -147,7 +151,10 @@ class Scheduler:
                 rows = np.concatenate([job.rows for job in jobs]) if len(jobs) > 1 else jobs[0].rows
                 if self._on_run is not None:
                     self._on_run(lane.name, len(jobs), len(rows))
-                out = await loop.run_in_executor(lane.executor, self._run, rows)
+                if lane is self.fast and sum(job.weight for job in jobs) <= self._inline:
+                    out = self._run(rows)
+                else:
+                    out = await loop.run_in_executor(lane.executor, self._run, rows)
                 ends = np.cumsum([len(job.rows) for job in jobs])
                 outs = np.split(out, ends[:-1])
         except Exception as error:

@@ -54,6 +54,7 @@ from service.imaging import tile
 from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION, walk_length
 from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, line_id, production_name
 from service.production import Lines, NotReady, history, lines_in_store
+from service.routes import HotRoutes
 from service.rows import pack_request, unpack_images, weights
 from service.runtime import nvidia_driver_present
 from service.scheduling import Scheduler
@@ -67,6 +68,7 @@ MAX_BATCH = 256  # rows per onnxruntime run in the batched layout (BentoML's ada
 INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are written off the event loop (~0.2 ms)
 PILLOW_COST = 4  # WebP costs 2.6-4.5x, JPEG 0.9-1.5x our zlib PNG per image (bench/encode.py, docs/BENCHMARKS.md)
 MAX_KEYS, MAX_SEGMENT_FRAMES = 16, 120
+HOT_ROUTES = {"/generate": "generate_file", "/generate_batch": "generate_files"}
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
 # killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
 NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
@@ -289,7 +291,13 @@ app = FastAPI(title="ganserve pages", openapi_url=None, docs_url=None, redoc_url
 
 
 # No max_concurrency here: the guard counts requests once their bodies are in, so slow senders hold no slot.
-@bentoml.service(workers=WORKERS, traffic={"timeout": SETTINGS.timeout})
+# No tracing spans for the hot routes unless asked: making them costs a third of a request's CPU at n=1, and they go
+# nowhere until an exporter is configured (docs/BENCHMARKS.md).
+@bentoml.service(
+    workers=WORKERS,
+    traffic={"timeout": SETTINGS.timeout},
+    tracing={} if SETTINGS.trace else {"excluded_urls": list(HOT_ROUTES)},
+)
 @bentoml.asgi_app(app, path="/")
 class GANServe:
     """The HTTP entry: POST /generate (an image file), POST /generate_batch (JSON), POST /interpolate (an animation),
@@ -322,7 +330,8 @@ class GANServe:
             threads = max(1, (os.cpu_count() or 1) // WORKERS)
             self.local = Lines(LINES, threads=threads, on_refusal=_refusal_metric())
             self.scheduler = Scheduler(
-                self.local.draw, run_images=SETTINGS.run_images, small_images=SETTINGS.small_images, weigh=weights,
+                self.local.draw, run_images=SETTINGS.run_images, small_images=SETTINGS.small_images,
+                inline_images=SETTINGS.small_images, weigh=weights,
                 on_run=lambda lane, requests, _: self.batch_requests.labels(lane=lane).observe(requests),
             )  # fmt: skip
         self.docs = openapi.document(
@@ -503,22 +512,20 @@ class GANServe:
                    "X-Frames": str(frames)}  # fmt: skip
         return Response(data, media_type=ANIMATIONS[fmt], headers=headers)
 
-    if SETTINGS.route == "asgi":
-        # Routes of the mounted ASGI app: BentoML's middleware (metrics, tracing, access log) and the guard still
-        # see every request, but its input and output descriptors, which cost more per request than drawing one
-        # image, are skipped (docs/BENCHMARKS.md). Errors keep BentoML's shape: {"error", "detail"}.
+    # /generate and /generate_batch: answered by service.routes.HotRoutes, which skips BentoML's router, its input
+    # and output descriptors and FastAPI's stack, each of which costs more per request than drawing one image
+    # (docs/BENCHMARKS.md). Errors keep BentoML's shape: {"error", "detail"}.
 
-        @app.post("/generate")
-        async def generate(self, request: Request) -> Response:
-            """One image file: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
-            return await _answering(request, lambda body: self._file(body, request.headers.get("accept")))
+    async def generate_file(self, request: Request) -> Response:
+        """POST /generate: one image file, the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
+        return await _answering(request, lambda body: self._file(body, request.headers.get("accept")))
 
-        @app.post("/generate_batch")
-        async def generate_batch(self, request: Request) -> Response:
-            """The same images as /generate, each its own file, base64 in JSON with its seed and label."""
-            return await _answering(request, self._batch)
+    async def generate_files(self, request: Request) -> Response:
+        """POST /generate_batch: the same images as /generate, each its own file, base64 in JSON with its seed and
+        label."""
+        return await _answering(request, self._batch)
 
-    else:
+    if SETTINGS.route == "api":  # the same answers through BentoML's own API routes, to compare (docs/BENCHMARKS.md)
 
         @bentoml.api(route="/generate", input_spec=GenerateRequest)
         async def generate(self, ctx: bentoml.Context, **body: Any) -> Annotated[bytes, ContentType("image/png")]:
@@ -605,6 +612,8 @@ GANServe.add_asgi_middleware(
     receive_timeout=SETTINGS.receive_timeout,
     slots=math.ceil(SETTINGS.max_concurrency / WORKERS),  # per worker, as BentoML divides its own limit
 )
+if SETTINGS.route == "asgi":
+    GANServe.add_asgi_middleware(HotRoutes, routes=HOT_ROUTES)
 
 
 def _line(model: str | None) -> str:

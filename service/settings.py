@@ -25,8 +25,9 @@ class Settings(BaseModel):
     layout: Literal["auto", "batched", "inprocess"] = Field("auto", description="auto: batched with an NVIDIA GPU")
     workers: int = Field(0, ge=0, description="HTTP workers; 0: one per core in process, 1 batched")
     route: Literal["asgi", "api"] = Field(
-        "asgi", description="/generate as a route of the mounted ASGI app (faster, docs/BENCHMARKS.md) or @bentoml.api"
+        "asgi", description="/generate answered by a plain ASGI layer (service.routes; faster) or by @bentoml.api"
     )
+    trace: bool = Field(False, description="OpenTelemetry spans for /generate and /generate_batch too (~0.3 ms each)")
     run_images: int = Field(
         16, ge=1, le=1024, description="images of one model run at most; larger requests run in pieces (bulk lane)"
     )

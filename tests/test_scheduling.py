@@ -21,7 +21,8 @@ class Gate:
         self.hold, self.lane = hold, lane
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        lane = threading.current_thread().name.split("-")[1].split("_")[0]
+        name = threading.current_thread().name  # ganserve-fast_0, ganserve-bulk_0, or the event loop's
+        lane = name.split("-")[1].split("_")[0] if name.startswith("ganserve-") else "loop"
         self.runs.append((lane, rows[:, 0].tolist()))
         if lane == self.lane and sum(1 for name, _ in self.runs if name == lane) <= self.hold:
             self.started.set()
@@ -118,6 +119,20 @@ def test_a_small_request_overtakes_a_large_one_whose_run_is_in_flight():
     assert done == ["small", "large"]
     assert run.runs == [("bulk", [10, 11, 12, 13]), ("fast", [1]), ("bulk", [14, 15, 16, 17]),
                         ("bulk", [18, 19, 20, 21])]  # fmt: skip
+
+
+def test_a_run_of_at_most_inline_images_runs_on_the_event_loop_and_a_larger_one_in_the_lane():
+    async def scenario() -> Gate:
+        run = Gate(hold=0)
+        s = Scheduler(run, run_images=8, small_images=4, inline_images=2)
+        await s.draw(rows(1, 2))
+        await s.draw(rows(3, 4, 5))
+        await s.draw(rows(*range(6, 16)))
+        s.close()
+        return run
+
+    bulk = [("bulk", [6, 7, 8, 9, 10, 11, 12, 13]), ("bulk", [14, 15])]
+    assert asyncio.run(scenario()).runs == [("loop", [1, 2]), ("fast", [3, 4, 5]), *bulk]
 
 
 def test_rows_weigh_their_candidate_bound_so_rejection_sampling_goes_to_the_bulk_lane():
