@@ -3,7 +3,7 @@
 The ONNX graph draws latents and labels (training/sampler.py, the protocol as nodes) and ``GeneratorRuntime`` is
 how the service, the gate, export's parity check and the benchmarks run it. The numpy reference
 (service/latents.py) is called only where PyTorch needs the same latents: training's sample grids and export's
-parity reference, and by the benchmark of the reference itself.
+parity reference, by the benchmark of the reference itself, and by the GPU check.
 """
 
 import ast
@@ -13,7 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 CODE = [p for d in ("service", "training", "bench") for p in sorted((ROOT / d).rglob("*.py"))]
 REFERENCE = {"latents_for_seeds", "labels_for_seeds", "squares32"}
-MAY_CALL_THE_REFERENCE = {"service/latents.py", "training/train.py", "training/export.py", "bench/latents.py"}
+# and the GPU check, which holds the latents a device's graph draws against it
+MAY_CALL_THE_REFERENCE = {
+    "service/latents.py", "training/train.py", "training/export.py", "bench/latents.py", "bench/gpu_check.py",
+}  # fmt: skip
 # upgrade's reference: the v1 graph it re-exports, fed the reference latents; the runtime's walks between seeds,
 # fed latents bent between those its own graph drew for the keys
 MAY_FEED_Z = {"training/export.py", "service/runtime.py"}
