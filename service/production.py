@@ -42,8 +42,10 @@ class Production:
     serves that version or nothing). ``on_refusal(tag, refused)`` hears when a production version is refused and
     when that ends."""
 
-    def __init__(self, tag: str, *, threads: int = 0, on_refusal: Callable[[str, bool], None] | None = None) -> None:
-        self.tag, self.threads, self.on_refusal = tag, threads, on_refusal
+    def __init__(
+        self, tag: str, *, threads: int = 0, spin: bool = True, on_refusal: Callable[[str, bool], None] | None = None
+    ) -> None:
+        self.tag, self.threads, self.spin, self.on_refusal = tag, threads, spin, on_refusal
         self.runtime: GeneratorRuntime | None = None
         self._description: dict[str, Any] = {}  # of the runtime and refusal: made when they change, not per request
         self.retired: dict[str, Any] | None = None  # the model swapped out last, for images it drew before the swap
@@ -166,7 +168,7 @@ class Production:
         if identity in self._failed:
             return None, self._failed[identity]
         try:
-            runtime = GeneratorRuntime(folder, threads=self.threads)
+            runtime = GeneratorRuntime(folder, threads=self.threads, spin=self.spin)
             runtime.warm_up()
         except Exception as err:  # a file that fails its sha256; a model onnxruntime cannot load or run
             why = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
@@ -221,11 +223,18 @@ class Lines:
     """The production of each served model line (``service.lines``); request rows name their line by its
     ``line_id`` (``service.rows``)."""
 
-    def __init__(self, names: list[str], *, threads: int = 0, on_refusal: Callable[[str, bool], None] | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        threads: int = 0,
+        spin: bool = True,
+        on_refusal: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.names = list(names)
         self.by_id = {line_id(name): name for name in self.names}
         self.productions = {
-            name: Production(f"{production_name(name)}:latest", threads=threads, on_refusal=on_refusal)
+            name: Production(f"{production_name(name)}:latest", threads=threads, spin=spin, on_refusal=on_refusal)
             for name in self.names
         }
 

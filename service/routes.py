@@ -14,7 +14,7 @@ from typing import Any
 
 import bentoml
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 __all__ = ["HotRoutes"]
 
@@ -25,11 +25,20 @@ class HotRoutes:
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, routes: Mapping[str, str]) -> None:
         self.app, self.routes = app, dict(routes)
+        self.answers: dict[str, Callable[[Request], Awaitable[Response]]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        name = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        name = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if name is None:
             return await self.app(scope, receive, send)
-        # The worker's service instance: BentoML makes it before it serves the first request.
-        response: Response = await getattr(bentoml.get_current_service(), name)(Request(scope, receive))
+        if scope["method"] != "POST":
+            error = {
+                "error": f"{scope['path']} takes POST with a JSON body, not {scope['method']}",
+                "allowed": ["POST"],
+            }
+            return await JSONResponse(error, status_code=405, headers={"allow": "POST"})(scope, receive, send)
+        answer = self.answers.get(name)
+        if answer is None:  # the worker's service instance: BentoML makes it before it serves the first request
+            answer = self.answers[name] = getattr(bentoml.get_current_service(), name)
+        response = await answer(Request(scope, receive))
         await response(scope, receive, send)

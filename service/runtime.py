@@ -61,7 +61,9 @@ class Drawn:
 class GeneratorRuntime:
     """Loads ``generator.onnx`` after checking it against its manifest and the generator contract."""
 
-    def __init__(self, folder: Path, *, threads: int = 0, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, threads: int = 0, spin: bool = True, providers: list[str] | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -73,6 +75,8 @@ class GeneratorRuntime:
             )
         self.options = ort.SessionOptions()
         self.options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
+        if not spin:  # threads that wait for work sleep instead of burning the cores other processes serve on
+            self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.options.log_severity_level = 3  # a CUDA provider that cannot load says so below, once
         path = str(self.folder / MODEL_NAME)
         self.session = ort.InferenceSession(path, self.options, providers=providers or _providers(ort))

@@ -69,6 +69,7 @@ INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are writte
 PILLOW_COST = 4  # WebP costs 2.6-4.5x, JPEG 0.9-1.5x our zlib PNG per image (bench/encode.py, docs/BENCHMARKS.md)
 MAX_KEYS, MAX_SEGMENT_FRAMES = 16, 120
 HOT_ROUTES = {"/generate": "generate_file", "/generate_batch": "generate_files"}
+QUIET_PATHS = ["/metrics", "/healthz", "/livez", "/readyz"]  # BentoML's default for its access log's skip_paths
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
 # killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
 NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
@@ -291,12 +292,13 @@ app = FastAPI(title="ganserve pages", openapi_url=None, docs_url=None, redoc_url
 
 
 # No max_concurrency here: the guard counts requests once their bodies are in, so slow senders hold no slot.
-# No tracing spans for the hot routes unless asked: making them costs a third of a request's CPU at n=1, and they go
-# nowhere until an exporter is configured (docs/BENCHMARKS.md).
+# No tracing spans nor access-log lines for the hot routes unless asked: the spans cost a third of a request's CPU
+# at n=1 and go nowhere until an exporter is configured, the log lines another 5 % (docs/BENCHMARKS.md).
 @bentoml.service(
     workers=WORKERS,
     traffic={"timeout": SETTINGS.timeout},
     tracing={} if SETTINGS.trace else {"excluded_urls": list(HOT_ROUTES)},
+    logging={} if SETTINGS.access_log else {"access": {"skip_paths": [*HOT_ROUTES, *QUIET_PATHS]}},
 )
 @bentoml.asgi_app(app, path="/")
 class GANServe:
@@ -325,10 +327,10 @@ class GANServe:
         self.local: Lines | None = None
         self.scheduler: Scheduler | None = None
         if LAYOUT == "inprocess":
-            # One onnxruntime thread per worker when the workers fill the cores: 2 x 2 threads on 2 cores would
-            # spin against each other (two 1-thread processes scale 2.0x, shared/design/performance.md).
-            threads = max(1, (os.cpu_count() or 1) // WORKERS)
-            self.local = Lines(LINES, threads=threads, on_refusal=_refusal_metric())
+            # Every worker's runs may use every core, with threads that sleep rather than spin while they wait: a
+            # lone request then runs 1.2-1.6x faster, and under load the workers do not spin against each other
+            # (docs/BENCHMARKS.md; spinning threads halve two processes' throughput, shared/design/performance.md).
+            self.local = Lines(LINES, threads=os.cpu_count() or 1, spin=False, on_refusal=_refusal_metric())
             self.scheduler = Scheduler(
                 self.local.draw, run_images=SETTINGS.run_images, small_images=SETTINGS.small_images,
                 inline_images=SETTINGS.small_images, weigh=weights,

@@ -28,8 +28,9 @@ class Settings(BaseModel):
         "asgi", description="/generate answered by a plain ASGI layer (service.routes; faster) or by @bentoml.api"
     )
     trace: bool = Field(False, description="OpenTelemetry spans for /generate and /generate_batch too (~0.3 ms each)")
+    access_log: bool = Field(False, description="BentoML's access-log line for /generate and /generate_batch too")
     run_images: int = Field(
-        16, ge=1, le=1024, description="images of one model run at most; larger requests run in pieces (bulk lane)"
+        64, ge=1, le=1024, description="images of one model run at most; larger requests run in pieces (bulk lane)"
     )
     small_images: int = Field(
         4, ge=1, le=1024, description="requests of at most this many images take the fast lane (service.scheduling)"

@@ -195,6 +195,13 @@ def test_a_body_that_is_not_json(server):
     assert r.status_code == 400 and "Invalid JSON" in r.text
 
 
+@pytest.mark.parametrize("path", ["/generate", "/generate_batch"])
+def test_the_hot_routes_take_post_only_and_say_so(server, path):
+    r = httpx.get(f"{server.url}{path}")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json() == {"error": f"{path} takes POST with a JSON body, not GET", "allowed": ["POST"]}
+
+
 def test_the_bentoml_api_route_keeps_the_same_contract(home, server, layout, tmp_path):
     """GANSERVE_ROUTE=api serves /generate through @bentoml.api instead of the ASGI app's route: the same images,
     the same 4xx."""
