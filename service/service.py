@@ -327,10 +327,12 @@ class GANServe:
         self.local: Lines | None = None
         self.scheduler: Scheduler | None = None
         if LAYOUT == "inprocess":
-            # Every worker's runs may use every core, with threads that sleep rather than spin while they wait: a
-            # lone request then runs 1.2-1.6x faster, and under load the workers do not spin against each other
-            # (docs/BENCHMARKS.md; spinning threads halve two processes' throughput, shared/design/performance.md).
-            self.local = Lines(LINES, threads=os.cpu_count() or 1, spin=False, on_refusal=_refusal_metric())
+            # One onnxruntime thread per worker when the workers fill the cores: threads of its own pool would not
+            # run at the bulk lane's lower priority, and a lone large request would hold small ones back again
+            # (docs/BENCHMARKS.md). With fewer workers than cores, threads that sleep rather than spin while they
+            # wait (spinning threads halve two processes' throughput, shared/design/performance.md).
+            threads = max(1, (os.cpu_count() or 1) // WORKERS)
+            self.local = Lines(LINES, threads=threads, spin=False, on_refusal=_refusal_metric())
             self.scheduler = Scheduler(
                 self.local.draw, run_images=SETTINGS.run_images, small_images=SETTINGS.small_images,
                 inline_images=SETTINGS.small_images, weigh=weights,
