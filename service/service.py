@@ -1,25 +1,27 @@
-"""ganserve's HTTP service: ``bentoml serve service.service:GANServe``.
+"""ganserve's HTTP service: ``bentoml serve service.service:GANServe``. This module wires the stages together.
 
 ``GANServe`` is the HTTP entry: it validates, runs the model on the requested seeds and encodes the images (PNG,
 WebP or JPEG, each with its provenance inside: ``service.formats``), or walks between seeds (/interpolate). It
 serves one or more model lines (``service.lines``), each following its own production pointer; a request names its
-line with ``model``. Where the models run is the layout (``GANSERVE_LAYOUT``):
+line with ``model``. A request passes these stages, each in its own module:
 
-- ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime sessions; its batchable
-  ``run`` lets BentoML merge the rows of concurrent requests into one onnxruntime run.
-- ``inprocess`` (the default on CPU, where the hop to another service costs ~5 ms a request, docs/BENCHMARKS.md):
-  every GANServe worker, one per core, holds its own sessions and schedules their work by size
-  (``service.scheduling``): small requests merge into short runs in a fast lane, large ones run in bounded pieces
-  in a bulk lane at a lower CPU priority, so a small request never waits behind a large one.
+1. ``service.transport`` cuts off connections whose headers do not arrive in time; ``service.guard`` refuses
+   requests without the key, with bodies too large, too slow or not JSON, or beyond the concurrency limit
+   (docs/HARDENING.md lists the attacks and faults this is built to withstand);
+2. ``service.routes`` answers /generate and /generate_batch straight behind the guard (the other paths are routes
+   of the FastAPI app below; ``GANSERVE_ROUTE=api`` serves the two through ``@bentoml.api`` instead);
+3. ``service.requests`` turns the body into what a run needs, or a 4xx that says what is wrong;
+4. the model runs, as seeds (``service.rows``): the model's own graph draws the latents (``service.runtime``).
+   Where it runs is the layout (``GANSERVE_LAYOUT``):
+   - ``inprocess`` (the default on CPU, where the hop to another service costs ~5 ms a request,
+     docs/BENCHMARKS.md): every GANServe worker, one per core, holds its own sessions and schedules their work by
+     size (``service.scheduling``): small requests merge into short runs in a fast lane, large ones run in bounded
+     pieces in a bulk lane at a lower CPU priority, so a small request never waits behind a large one;
+   - ``batched`` (the default with a GPU): ``Generator``, one worker, owns the onnxruntime sessions; its batchable
+     ``run`` lets BentoML merge the rows of concurrent requests into one onnxruntime run;
+5. ``service.answers`` writes the provenance, the headers and the refusals; ``service.formats`` encodes the files.
 
-Either way requests travel as seeds (``service.rows``), and the model's own graph draws the latents in the thread that
-runs it (``service.runtime``): the event loop only parses, routes and answers, so no request can stall the others or
-the health checks. /generate and /generate_batch are routes of the mounted ASGI app by default, which skips
-BentoML's input and output descriptors (``GANSERVE_ROUTE=api`` serves them through ``@bentoml.api``). Whoever
-holds the models follows each line's production pointer (``service.production``). Before any of it,
-``service.guard`` refuses requests without the key, with bodies too large, too slow or not JSON, or beyond the
-concurrency limit, and ``service.transport`` cuts off connections whose headers do not arrive in time.
-docs/HARDENING.md lists the attacks and faults this is built to withstand.
+Whoever holds the models follows each line's production pointer (``service.production``).
 """
 
 from __future__ import annotations
@@ -27,151 +29,60 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
-import json
 import logging
 import math
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service import openapi
-from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES, reported_score
-from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image, negotiate
-from service.guard import ClientErrorLog, Guard, what_is_wrong
+from service.answers import Drawing, answering, encode_cost, file_headers, problem, provenance, reproducing, shaped
+from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
+from service.formats import ANIMATIONS, FORMATS, encode_animation, encode_image
+from service.guard import ClientErrorLog, Guard
 from service.imaging import tile
 from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION, walk_length
-from service.lines import DEFAULT_LINE, LINE_PATTERN, check_line, line_id, production_name
+from service.lines import DEFAULT_LINE, check_line, line_id, production_name
 from service.production import Lines, NotReady, history, lines_in_store
+from service.requests import (
+    MAX_KEYS,
+    MAX_SEGMENT_FRAMES,
+    GenerateRequest,
+    InterpolateRequest,
+    Refused,
+    default_sampler,
+    label_index,
+    pick_format,
+    sampler_for,
+)  # fmt: skip
 from service.routes import HotRoutes
 from service.rows import pack_request, unpack_images, weights
 from service.runtime import nvidia_driver_present
 from service.scheduling import Scheduler
-from service.settings import Settings
+from service.settings import settings
 from service.transport import use_header_deadline
 
 log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
 
-SETTINGS = Settings.from_env()
+SETTINGS = settings()
 MAX_BATCH = 256  # rows per onnxruntime run in the batched layout (BentoML's adaptive batching)
 INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are written off the event loop (~0.2 ms)
-PILLOW_COST = 4  # WebP costs 2.6-4.5x, JPEG 0.9-1.5x our zlib PNG per image (bench/encode.py, docs/BENCHMARKS.md)
-MAX_KEYS, MAX_SEGMENT_FRAMES = 16, 120
 HOT_ROUTES = {"/generate": "generate_file", "/generate_batch": "generate_files"}
 QUIET_PATHS = ["/metrics", "/healthz", "/livez", "/readyz"]  # BentoML's default for its access log's skip_paths
 # Workaround for bentoml#5540: the connection behind bentoml.depends is recreated every 100 calls or 300 s,
 # killing in-flight calls; shared/design/bentoml.md measured 22-25 failures in 32 at the 100th call.
 NEVER_RECYCLE = {"max_requests": 10**9, "max_age": 1e9}
-
-
-@dataclass(frozen=True)
-class _Drawn:
-    """A request's images with their seeds, label indices and names, and the line and version of the model that drew
-    them."""
-
-    seeds: list[int]
-    labels: list[int | None]
-    names: list[str | None]
-    images: np.ndarray  # uint8 N x H x W x C
-    line: str
-    version: str
-    protocol: str
-    sampler: str = "plain"
-    max_candidates: int | None = None  # rejection sampling's bound
-    scores: list[float] | None = None  # rejection sampling: the discriminator's logit for each image
-    candidates: list[int] | None = None  # ... the candidates drawn for it
-    accepted: list[bool] | None = None  # ... and whether one was accepted (False: the best-scored one, as fallback)
-
-    def drs(self, i: int) -> dict[str, Any] | None:
-        """Image i's rejection sampling: its discriminator logit, the candidates drawn, whether one was accepted."""
-        if self.scores is None:
-            return None
-        return {"score": reported_score(self.scores[i]), "candidates": self.candidates[i], "accepted": self.accepted[i]}
-
-
-class _Refused(Exception):
-    """A request this service answers with a 4xx or 503 and a JSON body that says why."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body["error"])
-        self.status, self.body = status, body
-
-
-class GenerateRequest(BaseModel):
-    """Body of /generate and /generate_batch. Unknown fields are refused, not ignored; types are strict (no
-    numbers in strings, no booleans for numbers), as a JSON API's clients expect."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    n: Annotated[int, Field(ge=1, le=SETTINGS.max_n, description="images; a grid when more than one")] = 1
-    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED - 1, description="image i gets seed + i; else random")] = None
-    truncation: Annotated[
-        float | None,
-        Field(
-            ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
-            description="truncate z to [-t, t] (the truncation trick: fidelity for variety); none if absent",
-        ),
-    ] = None  # fmt: skip
-    label: Annotated[
-        Annotated[int, Field(ge=0)] | str | None, Field(description="class name or index, for a conditional model")
-    ] = None
-    model: Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")] = None
-    format: Annotated[
-        Literal["png", "webp", "jpeg"] | None,
-        Field(description="file format; else the Accept header's choice (/generate), else png"),
-    ] = None
-    quality: Annotated[
-        int | None, Field(ge=1, le=100, description="jpeg (default 90) and webp (default: lossless) only")
-    ] = None
-    sampler: Annotated[
-        Literal["plain", "drs"] | None,
-        Field(description="drs: discriminator rejection sampling; else the model's default (/info: sampler)"),
-    ] = None
-    max_candidates: Annotated[
-        int | None,
-        Field(ge=1, le=MAX_CANDIDATES, description=f"drs: candidates per image at most (default {DEFAULT_CANDIDATES})"),
-    ] = None
-
-
-Label = Annotated[int, Field(ge=0)] | str
-
-
-class InterpolateRequest(BaseModel):
-    """Body of /interpolate: a walk through the latents of key seeds, as an animation or one PNG strip."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    seeds: Annotated[
-        list[Annotated[int, Field(ge=0, le=MAX_SEED - 1)]],
-        Field(min_length=2, max_length=MAX_KEYS, description="key seeds, visited in order"),
-    ]
-    frames: Annotated[int, Field(ge=1, le=MAX_SEGMENT_FRAMES, description="frames from one key to the next")] = 16
-    loop: Annotated[bool, Field(description="walk back from the last key to the first")] = False
-    truncation: Annotated[
-        float | None, Field(ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False, description="as /generate")
-    ] = None
-    label: Annotated[
-        Label | list[Label] | None,
-        Field(description="class for every key, or one per key (a frame takes the nearer key's class)"),
-    ] = None
-    model: Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")] = None
-    format: Annotated[
-        Literal["webp", "gif", "png"] | None,
-        Field(description="animated webp or gif, or png: one strip of frames; else the Accept header's, else webp"),
-    ] = None
-    quality: Annotated[int | None, Field(ge=1, le=100, description="webp only (default: lossless)")] = None
-    duration_ms: Annotated[int, Field(ge=20, le=1000, description="each frame's time on screen")] = 80
 
 
 def _tame_garbage_collector() -> None:
@@ -359,11 +270,11 @@ class GANServe:
             try:
                 described = self.local.describe(line, version)
             except NotReady as err:
-                raise _Refused(503, {"error": f"model {line}: {err}"}) from None
+                raise Refused(503, {"error": f"model {line}: {err}"}) from None
         elif fresh or cached is None or (version is not None and version != cached["version"]):
             described = await self.generator.describe(line=line, version=version)
             if "not_ready" in described:
-                raise _Refused(503, {"error": f"model {line}: {described['not_ready']}"})
+                raise Refused(503, {"error": f"model {line}: {described['not_ready']}"})
         else:
             return cached
         if described.get("retired"):
@@ -375,18 +286,18 @@ class GANServe:
         self.described[line] = described
         return described
 
-    async def _images(self, req: GenerateRequest, endpoint: str) -> _Drawn:
+    async def _images(self, req: GenerateRequest, endpoint: str) -> Drawing:
         line = _line(req.model)
         info = await self._describe(line)
-        label = _label_index(req.label, info["class_names"])
+        label = label_index(req.label, info["class_names"])
         first = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
         seeds = [(first + i) % MAX_SEED for i in range(req.n)]
-        sampler, bound = _sampler(req, info)
+        sampler, bound = sampler_for(req, info)
         rows = pack_request(seeds, label, req.truncation, line_id(line), bound if sampler == "drs" else 0)
         try:
             out = await (self.scheduler.draw(rows) if self.scheduler else self.generator.to_async.run(rows))
         except ServiceUnavailable:  # batched: the Generator has no model (restarted beside a bad file), or is full
-            raise _Refused(503, {"error": "the model service cannot take this request now; try again"}) from None
+            raise Refused(503, {"error": "the model service cannot take this request now; try again"}) from None
         drawn = unpack_images(out)
         info = await self._drew(line, info, drawn.version)
         # Labels as the model that drew the images chose them: across a promotion to an unconditional model, none.
@@ -394,8 +305,8 @@ class GANServe:
         names = [None if i is None else info["class_names"][i] for i in indices]
         self.images_total.labels(endpoint=endpoint, model=line).inc(req.n)
         drs = drawn.scores is not None  # False also when a swap to a model without a D landed meanwhile
-        return _Drawn(
-            seeds, indices, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"],
+        return Drawing(
+            seeds, indices, names, shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"],
             sampler="drs" if drs else "plain", max_candidates=bound if drs else None, scores=drawn.scores,
             candidates=drawn.candidates, accepted=drawn.accepted,
         )  # fmt: skip
@@ -414,34 +325,24 @@ class GANServe:
     async def _file(self, body: Any, accept: str | None) -> Response:
         """/generate's answer: one file, the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
         req = GenerateRequest.model_validate(body)
-        fmt = _format(req.format, req.quality, accept, FORMATS, "png")
+        fmt = pick_format(req.format, req.quality, accept, FORMATS, "png")
         drawn = await self._images(req, "generate")
         images = drawn.images
-        request = _reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=len(images))
-        mark = _provenance(drawn, "/generate", request, range(len(images)), req.truncation)
-        data = await self._cpu(_cost(images, fmt), lambda: encode_image(
+        request = reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=len(images))
+        mark = provenance(drawn, "/generate", request, range(len(images)), req.truncation)
+        data = await self._cpu(encode_cost(images, fmt), lambda: encode_image(
             images[0] if len(images) == 1 else tile(images), fmt, quality=req.quality, provenance=mark
         ))  # fmt: skip
-        headers = {"X-Seeds": ",".join(map(str, drawn.seeds)), "X-Model-Version": drawn.version, "X-Model": drawn.line,
-                   "X-Sampler": drawn.sampler}  # fmt: skip
-        if drawn.scores is not None:
-            headers |= {
-                "X-Drs-Scores": ",".join("nan" if (v := reported_score(s)) is None else str(v) for s in drawn.scores),
-                "X-Drs-Candidates": ",".join(map(str, drawn.candidates)),
-                "X-Drs-Accepted": ",".join(str(int(a)) for a in drawn.accepted),
-                "X-Drs-Fallbacks": str(drawn.accepted.count(False)),
-            }
-        return Response(data, media_type=FORMATS[fmt], headers=headers)
+        return Response(data, media_type=FORMATS[fmt], headers=file_headers(drawn))
 
     async def _batch(self, body: Any) -> dict[str, Any]:
         """/generate_batch's answer: the same images, each its own file, base64 in JSON with its seed and label."""
         req = GenerateRequest.model_validate(body)
-        fmt = _format(req.format, req.quality, None, FORMATS, "png")
+        fmt = pick_format(req.format, req.quality, None, FORMATS, "png")
         drawn = await self._images(req, "generate_batch")
-        alone = _reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=1)  # each image's request differs by its seed
+        alone = reproducing(req, drawn, fmt, seed=drawn.seeds[0], n=1)  # each image's request differs by its seed
         marks = [
-            _provenance(drawn, "/generate", {**alone, "seed": s}, [i], req.truncation)
-            for i, s in enumerate(drawn.seeds)
+            provenance(drawn, "/generate", {**alone, "seed": s}, [i], req.truncation) for i, s in enumerate(drawn.seeds)
         ]
 
         def encode() -> list[str]:
@@ -450,7 +351,7 @@ class GANServe:
                 for image, mark in zip(drawn.images, marks, strict=True)
             ]
 
-        files = await self._cpu(_cost(drawn.images, fmt), encode)
+        files = await self._cpu(encode_cost(drawn.images, fmt), encode)
         return {
             "model": drawn.line,
             "model_version": drawn.version,
@@ -468,19 +369,19 @@ class GANServe:
     async def _walk(self, body: Any, accept: str | None) -> Response:
         """/interpolate's answer: the frames of a walk between key seeds, in one file."""
         req = InterpolateRequest.model_validate(body)
-        fmt = _format(req.format, req.quality, accept, ANIMATIONS, "webp", lossy=("webp",))
+        fmt = pick_format(req.format, req.quality, accept, ANIMATIONS, "webp", lossy=("webp",))
         line = _line(req.model)
         info = await self._describe(line)
         keys = req.seeds
         labels = req.label if isinstance(req.label, list) else [req.label] * len(keys)
         if len(labels) != len(keys):
-            raise _Refused(400, {"error": f"{len(labels)} labels for {len(keys)} key seeds: give one, or one per key"})
-        indices = [-1 if label is None else _label_index(label, info["class_names"]) for label in labels]
+            raise Refused(400, {"error": f"{len(labels)} labels for {len(keys)} key seeds: give one, or one per key"})
+        indices = [-1 if label is None else label_index(label, info["class_names"]) for label in labels]
         frames = walk_length(len(keys), req.frames, loop=req.loop)
         image = info["image"]
         size = frames * image["height"] * image["width"] * image["channels"]
         if frames > SETTINGS.max_frames or size > SETTINGS.max_walk_bytes:
-            raise _Refused(400, {
+            raise Refused(400, {
                 "error": f"a walk of {frames} frames of {image['height']}x{image['width']}x{image['channels']} "
                 f"({size} bytes) is past this server's limits: at most {SETTINGS.max_frames} frames and "
                 f"{SETTINGS.max_walk_bytes} bytes of pixels; use fewer keys or frames",
@@ -493,7 +394,7 @@ class GANServe:
             else:
                 out = await self.generator.to_async.walk(*args)
         except (NotReady, ServiceUnavailable) as err:
-            raise _Refused(503, {"error": f"model {line} cannot take this request now: {err}"}) from None
+            raise Refused(503, {"error": f"model {line} cannot take this request now: {err}"}) from None
         drawn = unpack_images(out)
         info = await self._drew(line, info, drawn.version)
         self.images_total.labels(endpoint="interpolate", model=line).inc(frames)
@@ -501,15 +402,15 @@ class GANServe:
         # it was drawn for, also where the request left it to the seed.
         drawn_for = [drawn.labels[s * req.frames] for s in range(len(keys))] if drawn.labels else [None] * len(keys)
         names = [None if i is None else info["class_names"][i] for i in drawn_for]
-        walked = _Drawn(
-            keys, drawn_for, names, _shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"]
+        walked = Drawing(
+            keys, drawn_for, names, shaped(drawn.pixels, info), line, drawn.version, info["latent_protocol"]
         )
         request = req.model_copy(update={"model": line, "format": fmt}).model_dump(exclude_none=True)
         if req.label is not None:  # by name: a class index can mean another class in a later model
             named = [None if i < 0 else info["class_names"][i] for i in indices]
             request["label"] = named if isinstance(req.label, list) else named[0]
-        mark = {**_provenance(walked, "/interpolate", request, range(len(keys)), req.truncation), "frames": frames}
-        data = await self._cpu(_cost(walked.images, fmt), lambda: encode_animation(
+        mark = {**provenance(walked, "/interpolate", request, range(len(keys)), req.truncation), "frames": frames}
+        data = await self._cpu(encode_cost(walked.images, fmt), lambda: encode_animation(
             walked.images, fmt, duration_ms=req.duration_ms, quality=req.quality, provenance=mark
         ))  # fmt: skip
         headers = {"X-Seeds": ",".join(map(str, keys)), "X-Model-Version": drawn.version, "X-Model": line,
@@ -522,12 +423,12 @@ class GANServe:
 
     async def generate_file(self, request: Request) -> Response:
         """POST /generate: one image file, the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
-        return await _answering(request, lambda body: self._file(body, request.headers.get("accept")))
+        return await answering(request, lambda body: self._file(body, request.headers.get("accept")))
 
     async def generate_files(self, request: Request) -> Response:
         """POST /generate_batch: the same images as /generate, each its own file, base64 in JSON with its seed and
         label."""
-        return await _answering(request, self._batch)
+        return await answering(request, self._batch)
 
     if SETTINGS.route == "api":  # the same answers through BentoML's own API routes, to compare (docs/BENCHMARKS.md)
 
@@ -536,21 +437,21 @@ class GANServe:
             """One image file: the image for n = 1, a grid (row by row; seeds in X-Seeds) for n > 1."""
             try:
                 return await self._file(body, ctx.request.headers.get("accept"))
-            except _Refused as refused:
-                return _problem(ctx, refused)
+            except Refused as refused:
+                return problem(ctx, refused)
 
         @bentoml.api(route="/generate_batch", input_spec=GenerateRequest)
         async def generate_batch(self, ctx: bentoml.Context, **body: Any) -> dict[str, Any]:
             """The same images as /generate, each its own file, base64 in JSON with its seed and label."""
             try:
                 return await self._batch(body)
-            except _Refused as refused:
-                return _problem(ctx, refused)
+            except Refused as refused:
+                return problem(ctx, refused)
 
     @app.post("/interpolate")
     async def interpolate(self, request: Request) -> Response:
         """A walk through the latents of 2 to 16 key seeds: an animated WebP (or GIF), or one PNG strip of frames."""
-        return await _answering(request, lambda body: self._walk(body, request.headers.get("accept")))
+        return await answering(request, lambda body: self._walk(body, request.headers.get("accept")))
 
     @app.get("/ui")
     async def page(self) -> HTMLResponse:
@@ -569,15 +470,15 @@ class GANServe:
         try:
             line = _line(model)
             d = await self._describe(line, fresh=True)
-        except _Refused as refused:
+        except Refused as refused:
             return JSONResponse(refused.body, status_code=refused.status)
         models = {}
         for other in LINES:
             try:
                 o = d if other == line else await self._describe(other, fresh=True)
                 models[other] = {"model_version": o["version"], "image": o["image"], "class_names": o["class_names"],
-                                 "gate": o.get("gate"), "sampler": _default_sampler(o)}  # fmt: skip
-            except _Refused as refused:
+                                 "gate": o.get("gate"), "sampler": default_sampler(o)}  # fmt: skip
+            except Refused as refused:
                 models[other] = {"not_ready": refused.body["error"]}
         return JSONResponse({
             "model": line,
@@ -589,7 +490,7 @@ class GANServe:
             "latent_protocol": d["latent_protocol"],
             "class_names": d["class_names"],
             "gate": d.get("gate"),
-            "sampler": _default_sampler(d),
+            "sampler": default_sampler(d),
             "discriminator": d.get("discriminator"),
             "refused": d["refused"],
             "history": await asyncio.to_thread(history, line),
@@ -624,131 +525,5 @@ def _line(model: str | None) -> str:
     if model is None:
         return DEFAULT_MODEL
     if model not in LINES:
-        raise _Refused(400, {"error": f"unknown model {model!r}", "allowed": LINES})
+        raise Refused(400, {"error": f"unknown model {model!r}", "allowed": LINES})
     return model
-
-
-def _format(
-    fmt: str | None,
-    quality: int | None,
-    accept: str | None,
-    offered: dict[str, str],
-    default: str,
-    lossy: tuple[str, ...] = ("jpeg", "webp"),
-) -> str:
-    """The format asked for in the body, else the one the Accept header prefers, else ``default``; a quality only
-    for the ``lossy`` ones."""
-    if fmt is None:
-        fmt = negotiate(accept, offered, default)
-        if fmt is None:
-            why = f"Accept: {accept[:200]} takes none of the formats served here; send one of these, or name a format"
-            raise _Refused(406, {"error": why, "allowed": list(offered.values())})
-    if quality is not None and fmt not in lossy:
-        raise _Refused(400, {"error": f"quality applies to {' and '.join(lossy)}, not {fmt}", "allowed": list(lossy)})
-    return fmt
-
-
-def _shaped(pixels: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    """Image rows (perhaps padded, ``service.rows``) -> uint8 N x H x W x C."""
-    h, w, c = info["image"]["height"], info["image"]["width"], info["image"]["channels"]
-    return pixels[:, : h * w * c].reshape(len(pixels), h, w, c)
-
-
-def _reproducing(req: GenerateRequest, drawn: _Drawn, fmt: str, *, seed: int, n: int) -> dict[str, Any]:
-    """The /generate body that draws this file again: its seed, line and format written out."""
-    asked = req.model_dump(exclude_none=True, exclude={"seed", "n", "model", "format", "sampler", "max_candidates"})
-    if "label" in asked and drawn.names[0] is not None:
-        asked["label"] = drawn.names[0]  # by name: a class index can mean another class in a later model
-    # the sampler as used, not as defaulted: a later model's default may differ
-    drs = {"max_candidates": drawn.max_candidates} if drawn.sampler == "drs" else {}
-    return {"n": n, "seed": seed, **asked, "model": drawn.line, "format": fmt, "sampler": drawn.sampler, **drs}
-
-
-def _provenance(
-    drawn: _Drawn, endpoint: str, request: dict[str, Any], which: Any, truncation: float | None
-) -> dict[str, Any]:
-    """What drew a file, written inside it (``service.formats``): ``ganserve-client inspect`` reads it and
-    ``--reproduce`` posts ``request`` to ``endpoint`` again."""
-    seeds = [drawn.seeds[i] for i in which]
-    names = [drawn.names[i] for i in which]
-    one = len(seeds) == 1 and endpoint == "/generate"
-    return {
-        "ganserve": 1,
-        "model": drawn.line,
-        "model_version": drawn.version,
-        "latent_protocol": drawn.protocol,
-        **({"seed": seeds[0], "label": names[0]} if one else {"seeds": seeds, "label": names}),
-        "truncation": truncation,
-        **({"sampler": drawn.sampler} if endpoint == "/generate" else {}),
-        **({} if drawn.scores is None else {"drs": drawn.drs(which[0]) if one else [drawn.drs(i) for i in which]}),
-        "endpoint": endpoint,
-        "request": request,
-    }
-
-
-def _default_sampler(info: dict[str, Any]) -> str:
-    """The sampler a request without ``sampler`` gets: drs when the gate found that it helps this model (its
-    manifest's gate headline), plain otherwise (no discriminator, not judged with DRS, or no clear gain)."""
-    drs = (info.get("gate") or {}).get("drs") or {}
-    return "drs" if info.get("discriminator") and drs.get("sampler") == "drs" else "plain"
-
-
-def _sampler(req: GenerateRequest, info: dict[str, Any]) -> tuple[str, int]:
-    """The request's sampler and candidate bound, or a 400 saying why they cannot apply to this model."""
-    sampler = req.sampler or _default_sampler(info)
-    if sampler == "drs" and not info.get("discriminator"):
-        raise _Refused(400, {
-            "error": f"model {info['model']} version {info['version']} has no discriminator to sample with DRS "
-            "(exported without its training run's D); use sampler plain",
-            "allowed": ["plain"],
-        })  # fmt: skip
-    if req.max_candidates is not None and sampler != "drs":
-        raise _Refused(400, {"error": "max_candidates applies to sampler drs only", "allowed": ["drs"]})
-    judged = ((info.get("gate") or {}).get("drs") or {}).get("max_candidates")  # the bound the gate's verdict is for
-    return sampler, req.max_candidates or judged or DEFAULT_CANDIDATES
-
-
-def _cost(images: np.ndarray, fmt: str) -> int:
-    return images.nbytes * (1 if fmt == "png" else PILLOW_COST)
-
-
-def _label_index(label: int | str | None, classes: list[str]) -> int | None:
-    if label is None:
-        return None
-    if not classes:
-        raise _Refused(400, {"error": "this model is unconditional: it takes no label", "allowed": []})
-    if isinstance(label, int) and label < len(classes):
-        return label
-    if isinstance(label, str) and label in classes:
-        return classes.index(label)
-    raise _Refused(
-        400, {"error": f"unknown label {label!r}", "allowed": classes, "allowed_indices": [0, len(classes) - 1]}
-    )
-
-
-def _problem(ctx: bentoml.Context, refused: _Refused) -> JSONResponse:
-    ctx.response.status_code = refused.status  # BentoML applies the context's status over any returned response
-    return JSONResponse(refused.body, status_code=refused.status)
-
-
-async def _answering(request: Request, answer: Callable[[Any], Any]) -> Response:
-    """Parse the JSON body (the guard has checked its type and size) and answer it. A 4xx says what is wrong, in the
-    shape BentoML's own API routes use, and the log says it in one line, as ``ClientErrorLog`` does for those."""
-    try:
-        body = json.loads(await request.body())
-    except ValueError as err:  # not JSON, or not UTF-8
-        return _refuse(request, _Refused(400, {"error": f"Invalid JSON input: {err}"}))
-    try:
-        out = await answer(body)
-    except ValidationError as err:
-        detail = err.errors(include_context=False, include_input=False, include_url=False)
-        error = {"error": f"{err.error_count()} validation error for {err.title}", "detail": detail}
-        return _refuse(request, _Refused(400, error), why=what_is_wrong(err))
-    except _Refused as refused:
-        return _refuse(request, refused)
-    return out if isinstance(out, Response) else JSONResponse(out)
-
-
-def _refuse(request: Request, refused: _Refused, why: str | None = None) -> JSONResponse:
-    log.info("Refused on %s [POST]: %d %s", request.url.path, refused.status, (why or refused.body["error"])[:300])
-    return JSONResponse(refused.body, status_code=refused.status)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "settings"]
 
 PREFIX = "GANSERVE_"
 
@@ -82,3 +83,9 @@ class Settings(BaseModel):
     @property
     def metrics_secret(self) -> SecretStr | None:
         return self.metrics_key or self.api_key
+
+
+@functools.cache
+def settings() -> Settings:
+    """This process's settings, read from its environment once."""
+    return Settings.from_env()

@@ -448,8 +448,8 @@ def plain_png() -> bytes:
 def test_wire_models_match_the_services_schema(server):
     """The contract: the SDK's models and the service's own, field by field, so the two cannot drift. The SDK
     reads what it knows and ignores what a newer server adds, so every field it declares must be sent."""
-    from service.service import GenerateRequest as ServiceRequest
-    from service.service import InterpolateRequest as ServiceWalk
+    from service.requests import GenerateRequest as ServiceRequest
+    from service.requests import InterpolateRequest as ServiceWalk
 
     assert set(ClientRequest.model_fields) == set(ServiceRequest.model_fields)
     assert set(ClientWalk.model_fields) == set(ServiceWalk.model_fields)

@@ -516,19 +516,19 @@ def test_an_api_key_guards_generation_and_metrics_but_not_health(home, layout):
 
 
 def test_a_model_whose_gate_found_that_drs_helps_gets_it_by_default_with_the_bound_it_was_judged_at():
-    from service.service import GenerateRequest, _default_sampler, _Refused, _sampler
+    from service.requests import GenerateRequest, Refused, default_sampler, sampler_for
 
     info = {"model": "default", "version": "abc", "discriminator": {"sha256": "d"},
             "gate": {"drs": {"verdict": "helps", "sampler": "drs", "max_candidates": 8}}}  # fmt: skip
-    assert _default_sampler(info) == "drs"
-    assert _sampler(GenerateRequest(), info) == ("drs", 8)
-    assert _sampler(GenerateRequest(max_candidates=3), info) == ("drs", 3)
-    assert _sampler(GenerateRequest(sampler="plain"), info)[0] == "plain"
+    assert default_sampler(info) == "drs"
+    assert sampler_for(GenerateRequest(), info) == ("drs", 8)
+    assert sampler_for(GenerateRequest(max_candidates=3), info) == ("drs", 3)
+    assert sampler_for(GenerateRequest(sampler="plain"), info)[0] == "plain"
     no_d = {**info, "discriminator": None}  # a verdict, but no discriminator to sample with
-    assert _default_sampler(no_d) == "plain" and _sampler(GenerateRequest(), no_d)[0] == "plain"
-    with pytest.raises(_Refused, match="has no discriminator"):
-        _sampler(GenerateRequest(sampler="drs"), no_d)
-    assert _default_sampler({**info, "gate": {"drs": {"verdict": "no detectable difference", "sampler": "plain"}}}) == (
+    assert default_sampler(no_d) == "plain" and sampler_for(GenerateRequest(), no_d)[0] == "plain"
+    with pytest.raises(Refused, match="has no discriminator"):
+        sampler_for(GenerateRequest(sampler="drs"), no_d)
+    assert default_sampler({**info, "gate": {"drs": {"verdict": "no detectable difference", "sampler": "plain"}}}) == (
         "plain"
     )
 
