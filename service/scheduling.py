@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["BULK_NICE", "Scheduler"]
 
-BULK_NICE = 5  # CFS weights 335 vs 1024: under contention the bulk lane gets a quarter of a core, never none
+BULK_NICE = 10  # CFS weights 110 vs 1024: under contention the bulk lane gets a tenth of a core, never none
 
 
 @dataclass
