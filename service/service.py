@@ -65,7 +65,7 @@ from service.requests import (
     label_index,
     pick_format,
     sampler_for,
-)  # fmt: skip
+)
 from service.routes import HotRoutes
 from service.rows import pack_request, unpack_images, weights
 from service.runtime import nvidia_driver_present
@@ -73,10 +73,9 @@ from service.scheduling import Scheduler
 from service.settings import settings
 from service.transport import use_header_deadline
 
-log = logging.getLogger("bentoml.ganserve")  # under "bentoml", so `bentoml serve` shows it
-
 SETTINGS = settings()
 MAX_BATCH = 256  # rows per onnxruntime run in the batched layout (BentoML's adaptive batching)
+INLINE_IMAGES = 4  # fast-lane runs of at most this many images run on the event loop: ~1-3 ms of it at most
 INLINE_PNG_BYTES = 16 * 1024  # pixels to encode above which the PNGs are written off the event loop (~0.2 ms)
 HOT_ROUTES = {"/generate": "generate_file", "/generate_batch": "generate_files"}
 QUIET_PATHS = ["/metrics", "/healthz", "/livez", "/readyz"]  # BentoML's default for its access log's skip_paths
@@ -203,8 +202,8 @@ app = FastAPI(title="ganserve pages", openapi_url=None, docs_url=None, redoc_url
 
 
 # No max_concurrency here: the guard counts requests once their bodies are in, so slow senders hold no slot.
-# No tracing spans nor access-log lines for the hot routes unless asked: the spans cost a third of a request's CPU
-# at n=1 and go nowhere until an exporter is configured, the log lines another 5 % (docs/BENCHMARKS.md).
+# No tracing spans nor access-log lines for the hot routes unless asked: the spans took 17 % of a one-image request's
+# time holding the GIL and go nowhere until an exporter is configured, the log lines another 5 % (docs/BENCHMARKS.md).
 @bentoml.service(
     workers=WORKERS,
     traffic={"timeout": SETTINGS.timeout},
@@ -246,7 +245,7 @@ class GANServe:
             self.local = Lines(LINES, threads=threads, spin=False, on_refusal=_refusal_metric())
             self.scheduler = Scheduler(
                 self.local.draw, run_images=SETTINGS.run_images, small_images=SETTINGS.small_images,
-                inline_images=SETTINGS.small_images, weigh=weights,
+                inline_images=min(SETTINGS.small_images, INLINE_IMAGES), weigh=weights,
                 on_run=lambda lane, requests, _: self.batch_requests.labels(lane=lane).observe(requests),
             )  # fmt: skip
         self.docs = openapi.document(
