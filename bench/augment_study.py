@@ -52,7 +52,7 @@ VARIANTS = {
 GRID_COLUMNS = 12
 
 
-def study_run(data: Path, variant: str, seed: int, budgets: list[int], *, runs: Path, judge, samples: int):
+def study_run(data: Path, variant: str, seed: int, budgets: list[int], *, runs: Path, measure, samples: int):
     """Train one variant and seed, yielding a row at each budget (as it comes: a cut-short study keeps it)."""
     overrides = [*VARIANTS[variant], f"seed={seed}", f"max_steps={budgets[0]}", "checkpoint_every=100000",
                  "grid_size=16", "log_every=100"]  # fmt: skip
@@ -65,14 +65,14 @@ def study_run(data: Path, variant: str, seed: int, budgets: list[int], *, runs: 
             resume(run_dir, overrides={"max_steps": budget}, progress=False)
         trained = round(trained + time.perf_counter() - start, 1)  # training alone, without the measurements
         r = {"data": data.name, "variant": variant, "seed": seed, "steps": budget, "train_s": trained,
-             **judge(run_dir, samples), "run": str(run_dir)}  # fmt: skip
+             **measure(run_dir, samples), "run": str(run_dir)}  # fmt: skip
         print(f"  {data.name} {variant} seed {seed} @ {budget}: FID {r['fid']:.2f}, pixel judge "
               f"{r['pixel_judge']:.3f}, recall {r['recall']:.3f}, r_t train {r['r_t_train']:+.2f} / held-out "
               f"{r['r_t_heldout']:+.2f}, p {r['aug_p']}", flush=True)  # fmt: skip
         yield r
 
 
-class Judge:
+class Measure:
     """Everything measured of a checkpoint, against one folder's real images and evaluator."""
 
     def __init__(self, cfg: RunConfig, evaluator: Path) -> None:
@@ -84,13 +84,13 @@ class Judge:
     def __call__(self, run_dir: Path, samples: int) -> dict:
         fake = self.draw(run_dir, range(samples))
         features = self.evaluator.features(fake)
-        judged = metrics.pixel_judge(self.real, fake, seeds=[0])
+        pixel = metrics.pixel_judge(self.real, fake, seeds=[0])
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
         d = Discriminator(RunConfig.model_validate(state["config"]).model)
         d.load_state_dict(state["D"])
         return {
             "fid": round(metrics.fid(self.real_features, features), 3),
-            "pixel_judge": round(judged["accuracy"], 4),
+            "pixel_judge": round(pixel["accuracy"], 4),
             "recall": round(metrics.precision_recall(self.real_features, features)["recall"], 4),
             "r_t_train": round(_r_t(d, self.splits.train.images), 3),
             "r_t_heldout": round(_r_t(d, self.splits.heldout.images), 3),
@@ -157,7 +157,7 @@ def write_figures(rows: list[dict], table: list[dict], images: Path) -> None:
         mine = [r for r in rows if r["data"] == data]
         last, first_seed = max(r["steps"] for r in mine), min(r["seed"] for r in mine)
         shown = [r for v in VARIANTS for r in mine if (r["variant"], r["steps"], r["seed"]) == (v, last, first_seed)]
-        grid = np.concatenate([Judge.draw(Path(r["run"]), range(GRID_COLUMNS)) for r in shown])
+        grid = np.concatenate([Measure.draw(Path(r["run"]), range(GRID_COLUMNS)) for r in shown])
         save_grid(grid, images / f"augment-{data}.png", cols=GRID_COLUMNS)
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for variant in VARIANTS:
@@ -198,10 +198,10 @@ def main() -> None:
         write_figures(rows, table, args.images)
         write_results(args.out, f"python bench/augment_study.py --rows {args.rows}", [{"table": table, "runs": rows}])
         return
-    judges = {}
+    measures = {}
     for data in args.data:  # every folder's evaluator first: the retrain job's, trained once and kept
         cfg = choose_recipe(data, []).config
-        judges[data] = Judge(cfg, evaluator_for(cfg.data, store=args.runs / "evaluators", progress=False))
+        measures[data] = Measure(cfg, evaluator_for(cfg.data, store=args.runs / "evaluators", progress=False))
     rows = [] if args.done is None else [json.loads(line) for line in args.done.read_text().splitlines() if line]
     done = {(r["data"], r["variant"], r["seed"]) for r in rows}
     partial = args.out.with_suffix(".partial.jsonl")
@@ -211,7 +211,7 @@ def main() -> None:
         for seed in seeds:  # every variant at the first seed before the second: a cut-short study still compares
             for data in args.data:
                 for variant in [v for v in variants if (data.name, v, seed) not in done]:
-                    for row in study_run(data, variant, seed, budgets, runs=args.runs, judge=judges[data],
+                    for row in study_run(data, variant, seed, budgets, runs=args.runs, measure=measures[data],
                                          samples=args.samples):  # fmt: skip
                         rows.append(row)
                         log.write(json.dumps(row) + "\n")

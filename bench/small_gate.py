@@ -1,4 +1,4 @@
-"""The smallest folder the judge can judge: the evaluator's self-test and the gate's verdicts by folder size.
+"""The smallest folder the gate can judge: the evaluator's self-test and the gate's verdicts by folder size.
 
 The world is a flat folder of unlabelled RGB 32x32 images of three kinds of shapes (disc, square, diamond) of a
 random colour, size and place on a noisy background, drawn by a generator written by hand (``Shapes``), so the true

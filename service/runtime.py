@@ -116,7 +116,7 @@ class GeneratorRuntime:
         out = dict(zip(names, self.session.run(names, feeds), strict=True))
         return Drawn(out["images"], out.get("label"), out.get("finite"))
 
-    def judge(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def discriminate(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """The discriminator's float32 logits for uint8 NHWC images (and the classes they were drawn for)."""
         self._need_discriminator()
         feeds = {"images": images, **({"labels": labels} if self.manifest.conditional else {})}
@@ -145,7 +145,7 @@ class GeneratorRuntime:
             raise ValueError(f"at least one candidate per image must be allowed, got {int(bound.min())}")
         first = self.generate(seeds, labels, truncation, finite=finite)  # candidate 0: the plain image
         images, classes, ok = first.images.copy(), first.labels, None if first.finite is None else first.finite.copy()
-        score = _ranked(self.judge(images, classes))
+        score = _ranked(self.discriminate(images, classes))
         accepted = candidate_uniforms(seeds, 0) < acceptance(score, d.logit_max, d.gamma)
         drawn = np.ones(len(seeds), np.int32)
         open_ = np.flatnonzero(~accepted & (bound > 1))
@@ -154,7 +154,7 @@ class GeneratorRuntime:
             rows = seeds[open_]
             cls = None if classes is None else classes[open_]
             got = self.generate(candidate_seeds(rows, j), cls, truncation[open_], finite=finite)
-            logit = _ranked(self.judge(got.images, cls))
+            logit = _ranked(self.discriminate(got.images, cls))
             yes = candidate_uniforms(rows, j) < acceptance(logit, d.logit_max, d.gamma)
             keep = yes | (logit > score[open_])  # the accepted one, or the best-scored so far for the fallback
             at = open_[keep]
@@ -215,7 +215,7 @@ class GeneratorRuntime:
         """One run before the service says it is ready, so the first request does not pay for allocation."""
         drawn = self.generate([0])
         if self.discriminator is not None:
-            self.judge(drawn.images, drawn.labels)
+            self.discriminate(drawn.images, drawn.labels)
 
     def _check_contract(self) -> None:
         """seeds int64[N], truncation float32[N] (+ labels int64[N]) in; images uint8[N,H,W,C], finite and z

@@ -151,7 +151,7 @@ def test_the_candidate_bound_is_enforced_and_a_fallback_is_the_best_scored_candi
     assert fell_back.size, "no image exhausted its 3 candidates: pick seeds that do"
     for i in fell_back[:5]:  # the best of its three candidates, by the discriminator's own score
         tries = [model.generate(candidate_seeds([seeds[i]], j), labels=None) for j in range(3)]
-        scores = [model.judge(t.images)[0] for t in tries]
+        scores = [model.discriminate(t.images)[0] for t in tries]
         assert bound.score[i] == max(scores)
         np.testing.assert_array_equal(bound.images[i], tries[int(np.argmax(scores))].images[0])
     per_row = model.rejection_sample(seeds[:4], candidates=np.array([1, 2, 3, 4]))

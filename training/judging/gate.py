@@ -130,6 +130,25 @@ def sample(model: GeneratorRuntime, seeds: range, drs: int = 0) -> Drawn:
     return Drawn(**{k: None if v[0] is None else np.concatenate(v) for k, v in joined.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What one gate run compares with, made once: the models, the data and the instrument's view of the real
+    images. Both models are measured against this same context."""
+
+    candidate: GeneratorRuntime
+    production: GeneratorRuntime | None
+    data: DataConfig
+    splits: Splits
+    evaluator: Evaluator
+    selftest: dict | None  # the evaluator's self-test on this data, None when GateConfig.selftest is off
+    real: np.ndarray  # the reference images (reference.py), NHWC uint8
+    real_features: np.ndarray
+    heldout: int
+    train: np.ndarray  # NHWC uint8, for the memorization check
+    real_nn: float  # median nearest-neighbour distance of held-out images to the training set
+    centres: np.ndarray  # one set of clusters of the real features, for both models
+
+
 def evaluate(
     candidate: Path,
     *,
@@ -141,58 +160,104 @@ def evaluate(
     cfg: GateConfig | None = None,
 ) -> dict[str, Any]:
     """Judge ``candidate`` (and ``production`` when given) and return the report; nothing is written. Without an
-    ``evaluator`` the one for the data is used: the shipped one, or one in ``evaluators`` (found by the data's key)."""
+    ``evaluator`` the one for the data is used: the shipped one, or one in ``evaluators`` (found by the data's key).
+    Three stages: the context (models, data, instrument), the figures and checks, the report."""
     cfg = cfg or GateConfig()
     started = time.perf_counter()
+    ctx = _context(candidate, production=production, evaluator=evaluator, evaluators=evaluators, data=data, cfg=cfg)
+    figures = _measure(ctx, cfg, checkpoint=checkpoint)
+    checks = _checks(figures, ctx.candidate.manifest, ctx.evaluator.labelled, cfg)
+    report = _report(ctx, figures, checks, cfg, candidate=candidate, production=production)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("gate: %s in %.0f s (%s)", report["decision"], report["seconds"], "; ".join(report["reasons"]))
+    return report
+
+
+def _context(
+    candidate: Path,
+    *,
+    production: Path | None,
+    evaluator: Path | None,
+    evaluators: Path,
+    data: DataConfig | None,
+    cfg: GateConfig,
+) -> _Context:
+    """Open the models, load the data, find and check the instrument, and compute what both models are compared
+    with. Raises GateError when the gate cannot judge."""
     cand = open_model(candidate)
     prod = open_model(production) if production is not None else None
     data = data or _data_config(cand.manifest)
     splits = load_splits(data)
-    if evaluator is None:
-        evaluator = find_evaluator(data, store=evaluators)
-        if evaluator is None:
-            raise GateError(
-                f"no evaluator for this data in {evaluators} (nor the shipped one): train one with "
-                f"ganserve train-evaluator --config RUN.yaml --out {evaluators}/{data_key(splits, data)[:16]}, "
-                "or let ganserve retrain train it"
-            )
-    try:
-        judge = Evaluator(evaluator)
-    except GanserveError as err:
-        raise GateError(str(err)) from None
-    _check_compatible(cand.manifest, judge, splits, data)
-    selftest = _check_instrument(judge, splits, cfg)
+    net = _open_evaluator(evaluator, evaluators, splits, data)
+    _check_compatible(cand.manifest, net, splits, data)
+    selftest = _check_instrument(net, splits, cfg)
     heldout = splits.heldout.images.permute(0, 2, 3, 1).contiguous().numpy()
     train = splits.train.images.permute(0, 2, 3, 1).contiguous().numpy()
     real = reference_images(splits, cfg.reference)
-    real_features = judge.features(real)
-    k = metrics.cluster_count(len(real))
+    real_features = net.features(real)
     rng = np.random.default_rng(cfg.seed)
     real_guard = heldout[rng.choice(len(heldout), min(cfg.guard_samples, len(heldout)), replace=False)]
-    real_nn = float(np.median(metrics.nearest_neighbour_distances(real_guard, train)))
-    centres = metrics.kmeans(real_features, k, seed=cfg.seed)  # one set of clusters for both models
-    context = {"real_features": real_features, "train": train, "real_nn": real_nn, "real": real,
-               "centres": centres}  # fmt: skip
+    return _Context(
+        candidate=cand,
+        production=prod,
+        data=data,
+        splits=splits,
+        evaluator=net,
+        selftest=selftest,
+        real=real,
+        real_features=real_features,
+        heldout=len(heldout),
+        train=train,
+        real_nn=float(np.median(metrics.nearest_neighbour_distances(real_guard, train))),
+        centres=metrics.kmeans(real_features, metrics.cluster_count(len(real)), seed=cfg.seed),
+    )
 
+
+def _open_evaluator(folder: Path | None, store: Path, splits: Splits, data: DataConfig) -> Evaluator:
+    if folder is None:
+        folder = find_evaluator(data, store=store)
+        if folder is None:
+            raise GateError(
+                f"no evaluator for this data in {store} (nor the shipped one): train one with "
+                f"ganserve train-evaluator --config RUN.yaml --out {store}/{data_key(splits, data)[:16]}, "
+                "or let ganserve retrain train it"
+            )
+    try:
+        return Evaluator(folder)
+    except GanserveError as err:
+        raise GateError(str(err)) from None
+
+
+def _measure(ctx: _Context, cfg: GateConfig, *, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Every figure of the report: the candidate's, production's and their paired difference, DRS's and its
+    verdict when the candidate has a D, and the GAN's own D as a diagnostic when its checkpoint is given."""
+    cand, prod = ctx.candidate, ctx.production
     figures = {}
-    figures["candidate"], cand_features = _figures(cand, judge, context, cfg)
+    figures["candidate"], cand_features = _figures(cand, ctx, cfg)
     if prod is not None:
-        figures["production"], prod_features = _figures(prod, judge, context, cfg)
+        figures["production"], prod_features = _figures(prod, ctx, cfg)
         figures["difference"] = {
             "fid": metrics.fid_paired_difference(
-                real_features, cand_features, prod_features, rounds=cfg.interval_rounds, seed=cfg.seed
+                ctx.real_features, cand_features, prod_features, rounds=cfg.interval_rounds, seed=cfg.seed
             )
         }
     if cfg.drs and cand.discriminator is not None:
-        figures["candidate_drs"], drs_features = _figures(cand, judge, context, cfg, drs=cfg.drs_candidates)
-        drs_checks = _checks({"candidate": figures["candidate_drs"]}, cand.manifest, judge.labelled, cfg)
-        figures["drs"] = _drs_verdict(figures, real_features, drs_features, cand_features, drs_checks, cfg)
+        figures["candidate_drs"], drs_features = _figures(cand, ctx, cfg, drs=cfg.drs_candidates)
+        drs_checks = _checks({"candidate": figures["candidate_drs"]}, cand.manifest, ctx.evaluator.labelled, cfg)
+        figures["drs"] = _drs_verdict(figures, ctx.real_features, drs_features, cand_features, drs_checks, cfg)
     if checkpoint is not None:
-        figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, splits, cand, cfg)
+        figures["candidate"]["own_discriminator"] = _own_discriminator(checkpoint, ctx.splits, cand, cfg)
+    return figures
 
-    checks = _checks(figures, cand.manifest, judge.labelled, cfg)
+
+def _report(
+    ctx: _Context, figures: dict, checks: list[dict], cfg: GateConfig, *, candidate: Path, production: Path | None
+) -> dict[str, Any]:
+    """The report: the decision and its reasons first, then what was compared (models, evaluator, data), the
+    run's power, every check and figure, and the config that made it."""
+    cand, prod, em, splits = ctx.candidate, ctx.production, ctx.evaluator.manifest, ctx.splits
     failed = [c for c in checks if not c["passed"]]
-    report = {
+    return {
         "schema_version": REPORT_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(),
         "decision": "reject" if failed else "pass",
@@ -206,28 +271,25 @@ def evaluate(
         },
         "production": None if prod is None else {"folder": str(production), "sha256": prod.manifest.sha256},
         "evaluator": {
-            "sha256": judge.manifest.sha256,
-            "method": judge.manifest.method,
-            "test_accuracy": judge.manifest.test_accuracy,
-            "selftest": selftest,
+            "sha256": em.sha256,
+            "method": em.method,
+            "test_accuracy": em.test_accuracy,
+            "selftest": ctx.selftest,
         },
         "data": {
-            "path": str(data.path),
+            "path": str(ctx.data.path),
             "heldout_sha256": splits.heldout.sha256,
             "heldout_images": len(splits.heldout),
             "train_sha256": splits.train.sha256,
             "reference": "all" if uses_all(splits, cfg.reference) else "heldout",
-            "reference_images": len(real),
+            "reference_images": len(ctx.real),
         },
-        "power": _power(figures, len(real), len(heldout), cfg),
+        "power": _power(figures, len(ctx.real), ctx.heldout, cfg),
         "checks": checks,
         "figures": figures,
         "config": cfg.model_dump(),
         "seeds": {"first": cfg.seed, "count": cfg.samples},
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    log.info("gate: %s in %.0f s (%s)", report["decision"], report["seconds"], "; ".join(report["reasons"]))
-    return report
 
 
 def _data_config(manifest: Manifest) -> DataConfig:
@@ -236,8 +298,8 @@ def _data_config(manifest: Manifest) -> DataConfig:
     return DataConfig.model_validate(manifest.training.config["data"])
 
 
-def _check_compatible(manifest: Manifest, judge: Evaluator, splits: Splits, data: DataConfig) -> None:
-    em = judge.manifest
+def _check_compatible(manifest: Manifest, evaluator: Evaluator, splits: Splits, data: DataConfig) -> None:
+    em = evaluator.manifest
     if (em.image_size, em.channels) != (manifest.image.height, manifest.image.channels):
         raise GateError(
             f"the evaluator takes {em.image_size}x{em.image_size}x{em.channels} images; "
@@ -245,10 +307,10 @@ def _check_compatible(manifest: Manifest, judge: Evaluator, splits: Splits, data
         )
     if em.data_key != data_key(splits, data):
         raise GateError(
-            f"the evaluator in {judge.folder} was trained on other data than {data.path} at this size; "
+            f"the evaluator in {evaluator.folder} was trained on other data than {data.path} at this size; "
             "train one for it with: ganserve train-evaluator --config <your run config> (retrain does it by itself)"
         )
-    if judge.labelled and list(splits.train.class_names) != em.class_names:
+    if evaluator.labelled and list(splits.train.class_names) != em.class_names:
         raise GateError(f"the evaluator knows classes {em.class_names}; the data at {data.path} has others")
     if manifest.training is not None:
         recorded = manifest.training.dataset.get("heldout", {}).get("sha256")
@@ -256,7 +318,7 @@ def _check_compatible(manifest: Manifest, judge: Evaluator, splits: Splits, data
             raise GateError("the held-out images differ from those recorded at training: the judge would be unfair")
 
 
-def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict | None:
+def _check_instrument(evaluator: Evaluator, splits: Splits, cfg: GateConfig) -> dict | None:
     """Refuse to judge with too few real images or an evaluator that cannot see known damage."""
     real = len(splits.train) + len(splits.heldout) if uses_all(splits, cfg.reference) else len(splits.heldout)
     if real < cfg.min_reference:
@@ -273,10 +335,10 @@ def _check_instrument(judge: Evaluator, splits: Splits, cfg: GateConfig) -> dict
         )
     if not cfg.selftest:
         return None
-    result = run_selftest(judge, splits, seed=judge.manifest.config.seed, reference=cfg.reference)
+    result = run_selftest(evaluator, splits, seed=evaluator.manifest.config.seed, reference=cfg.reference)
     if not result["passed"]:
         raise GateError(
-            f"cannot judge: the evaluator {judge.manifest.sha256[:12]} fails its self-test on this data "
+            f"cannot judge: the evaluator {evaluator.manifest.sha256[:12]} fails its self-test on this data "
             f"({'; '.join(result['failures'])}); train a stronger one: ganserve train-evaluator --set max_steps=..."
         )
     return {k: v for k, v in result.items() if k != "tests"} | {
@@ -294,32 +356,32 @@ def _run_of(manifest: Manifest) -> dict:
 
 
 def _figures(
-    model: GeneratorRuntime, judge: Evaluator, ctx: dict, cfg: GateConfig, *, drs: int = 0
+    model: GeneratorRuntime, ctx: _Context, cfg: GateConfig, *, drs: int = 0
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The model's figures, and its samples' features (for the paired intervals); ``drs``: sampled by rejection
     sampling with that many candidates per image at most."""
     drawn = sample(model, range(cfg.seed, cfg.seed + cfg.samples), drs)
     images, finite, requested = drawn.images, drawn.finite, drawn.labels
-    logits, features = judge(images)
+    logits, features = ctx.evaluator(images)
     guard = images[: cfg.guard_samples]
-    nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx["train"])))
-    real_features = ctx["real_features"]
+    nn_fake = float(np.median(metrics.nearest_neighbour_distances(guard, ctx.train)))
+    real_features = ctx.real_features
     coverage = {} if logits is None else metrics.class_coverage(logits, requested)
     figures = {
         "finite_share": float(finite.mean()),
         **metrics.pixel_guards(guard, black_level=cfg.min_mean_level),
         **coverage,
-        "clusters": metrics.ndb(real_features, features, centres=ctx["centres"]),
+        "clusters": metrics.ndb(real_features, features, centres=ctx.centres),
         **metrics.density_coverage(real_features[: cfg.samples], features[: len(real_features)]),
         **metrics.fid_bootstrap(real_features, features, rounds=cfg.fid_rounds, seed=cfg.seed),
         "kid": metrics.kid(real_features, features, seed=cfg.seed),
         **metrics.precision_recall(real_features[: cfg.guard_samples], features[: cfg.guard_samples]),
         "nn_distance_median": nn_fake,
-        "nn_distance_real_median": ctx["real_nn"],
-        "memorization_ratio": nn_fake / ctx["real_nn"],
+        "nn_distance_real_median": ctx.real_nn,
+        "memorization_ratio": nn_fake / ctx.real_nn,
         "feature_judge": metrics.logistic_judge(real_features, features, seeds=cfg.judge_seeds),
         "pixel_judge": metrics.pixel_judge(
-            ctx["real"],
+            ctx.real,
             images,
             seeds=cfg.pixel_judge_seeds,
             epochs=cfg.pixel_judge_epochs,
