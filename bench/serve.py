@@ -285,7 +285,9 @@ def main() -> None:
     parser.add_argument("--phases", default="throughput,mixed", help="comma-separated: throughput, mixed")
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
     parser.add_argument(
-        "--layouts", default="inprocess,batched", help="ganserve layouts to run, comma-separated; the first is ranked"
+        "--layouts",
+        default="inprocess,batched",
+        help="ganserve layouts to run, comma-separated; the first is held to the targets",
     )
     args = parser.parse_args()
     if not shutil.which("hey"):
