@@ -12,14 +12,13 @@ cost is the ratio to "none" within the table (absolute speed on a shared machine
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from augment_study import VARIANTS
-from common import write_results
+from common import bench_parser, write_results
 
 from release.recipe import choose_recipe
 from training.train import train
@@ -37,11 +36,10 @@ def steps_per_second(data: Path, overrides: list[str], steps: int, runs: Path) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "augment_cost")
     parser.add_argument("--data", type=Path, default=Path("data/icons1k"))
     parser.add_argument("--steps", type=int, default=300, help="G steps per mode and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/augment_cost.json"))
     args = parser.parse_args()
     seen: dict[str, list[float]] = {name: [] for name in MODES}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,14 +19,13 @@ and the FID curves. Runs go one after another: two trainings side by side on 2 c
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import write_results
+from common import bench_parser, write_results
 
 from release.recipe import choose_recipe
 from training.artifacts import save_grid
@@ -175,14 +174,13 @@ def write_figures(rows: list[dict], table: list[dict], images: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "augment_study")
     parser.add_argument("--data", type=Path, nargs="+", default=[Path("data/icons1k"), Path("data/emoji1k")])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--budgets", default="2000,4000,6000", help="G steps at which each run is measured")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--samples", type=int, default=1000, help="generated images per measurement")
     parser.add_argument("--runs", type=Path, default=Path("runs/augment-study"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/augment_study.json"))
     parser.add_argument("--images", type=Path, default=Path("docs/images"))
     parser.add_argument("--rows", type=Path, help="train nothing: tabulate the rows of an earlier (cut-short) study")
     parser.add_argument("--done", type=Path, help="rows of an earlier study: its runs are kept, not trained again")

@@ -13,7 +13,6 @@ a free loopback port, in the service's default layout) on this machine: client a
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import bench_parser
 from ganserve_client import GanClient
 from serve import free_port, start, stop  # bench/serve.py, beside this script: how the benches start servers
 
@@ -77,12 +77,11 @@ def serve(model: Path, home: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "bulk")
     parser.add_argument("--model", type=Path, default=Path("models/default"))
     parser.add_argument("--images", type=int, default=5000, help="images per run (default 5000)")
     parser.add_argument("--concurrency", default="1,4,8", help="generate_many's concurrency levels")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is reported")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/bulk.json"))
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 

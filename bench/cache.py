@@ -15,7 +15,6 @@ processes; kept between runs in ``--workdir``), then, each phase in a fresh proc
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import platform
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import bench_parser
 from PIL import Image
 
 from training.config import DataConfig, validate_config
@@ -195,13 +195,12 @@ def _gib(n: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "cache")
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--steps", type=int, default=60, help="G steps per training round")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ganserve-bench-cache")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/cache.json"))
     args = parser.parse_args()
 
     folder, cache = args.workdir / f"png-{args.images}", args.workdir / "cache"

@@ -1,11 +1,34 @@
-"""What every bench script ends with: its rows written as JSON, with the machine and the command that made them."""
+"""What bench scripts share: their argument parser, the fastest of several timed rounds, and the rows written as
+JSON with the machine and the command that made them."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+def bench_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
+    """The script's parser, its docstring as help, with ``--out`` (default ``bench/results/NAME.json``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(f"bench/results/{name}.json"), help="the JSON written")
+    return parser
+
+
+def fastest(call: Callable[[], object], *, rounds: int, calls: int = 1) -> float:
+    """Seconds per call: the fastest of ``rounds`` rounds of ``calls`` calls each (the least disturbed by the rest of
+    the machine)."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
 
 
 def write_results(out: Path, command: str, rows: list[dict]) -> None:

@@ -14,7 +14,6 @@ gate's business (``ganserve evaluate``), not this script's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import bench_parser
 from serve import free_port, hey, start, stop  # bench/serve.py, beside this script: how the benches start servers
 
 from release.registry import Registry
@@ -54,11 +54,10 @@ def speed(model: GeneratorRuntime, n: int, seconds: float, drs: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "drs")
     parser.add_argument("--model", type=Path, required=True, help="an exported model folder with discriminator.onnx")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--seeds", type=int, default=10_000, help="image seeds for the candidate counts")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/drs.json"))
     args = parser.parse_args()
     model = GeneratorRuntime(args.model)
     if model.discriminator is None:

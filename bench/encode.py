@@ -8,12 +8,11 @@ images of the size an RGB GAN here draws; no RGB model is shipped).
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
+from common import bench_parser, fastest
 
 from service.formats import encode_image
 from service.imaging import encode_png
@@ -47,20 +46,13 @@ def per_image_us(encode, images: np.ndarray, rounds: int) -> float:
     """The fastest of ``rounds`` passes over every image, per image."""
     for image in images[:4]:
         encode(image)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for image in images:
-            encode(image)
-        best = min(best, (time.perf_counter() - start) / len(images))
-    return best * 1e6
+    return fastest(lambda: [encode(image) for image in images], rounds=rounds) / len(images) * 1e6
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "encode")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/encode.json"))
     args = parser.parse_args()
 
     rows = []

@@ -7,7 +7,6 @@ their latents from seeds with the same sampler in front (``training.sampler``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from common import bench_parser
 
 from service.imaging import to_uint8
 from training.checkpoint import load_generator
@@ -50,10 +50,9 @@ def _time(fn, *, min_seconds: float = 1.0) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "export")
     parser.add_argument("run", type=Path)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/export.json"))
     args = parser.parse_args()
 
     options = ort.SessionOptions()

@@ -16,13 +16,12 @@ A case is NAME=MODEL_FOLDER:RUN_CONFIG; its evaluator is found by the data's key
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import time
 from pathlib import Path
 
-from common import write_results
+from common import bench_parser, write_results
 
 from training.config import load_config
 from training.judging.gate import GateConfig, evaluate
@@ -75,11 +74,10 @@ def run_case(name: str, model: Path, config: Path, *, samples: int, runs_dir: Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "gate")
     parser.add_argument("--case", action="append", required=True, help="NAME=MODEL_FOLDER:RUN_CONFIG")
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/gate.json"))
     args = parser.parse_args()
     rows = []
     for case in args.case:

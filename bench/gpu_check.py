@@ -16,7 +16,6 @@ Without CUDA it stops with one line that says so (exit 1). Writes JSON like ever
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import bench_parser
 
 from service.latents import latents_for_seeds
 from service.runtime import GeneratorRuntime, nvidia_driver_present
@@ -166,10 +166,9 @@ def service_latency(folder: Path, requests: dict[int, int]) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "gpu_check")
     parser.add_argument("--model", type=Path, default=Path("models/default"))
     parser.add_argument("--seconds", type=float, default=1.0, help="per batch size and IO binding mode")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"))
     args = parser.parse_args()
     try:
         gpu = cuda_runtime(args.model)

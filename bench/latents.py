@@ -7,13 +7,12 @@ against protocol v1 (one ``numpy.random.default_rng(seed)`` per image, what ever
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from common import bench_parser, fastest
 
 from service.latents import latents_for_seeds
 from training.sampler import sampler_model
@@ -35,20 +34,13 @@ def best_us(draw, rounds: int, min_seconds: float = 0.2) -> float:
         draw()
         calls += 1
     per_round = max(1, int(calls * 4 * min_seconds / max(time.perf_counter() - start, 1e-9) / 4))
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(per_round):
-            draw()
-        best = min(best, (time.perf_counter() - start) / per_round)
-    return best * 1e6
+    return fastest(draw, rounds=rounds, calls=per_round) * 1e6
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "latents")
     parser.add_argument("--latent-dim", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/latents.json"))
     args = parser.parse_args()
 
     options = ort.SessionOptions()

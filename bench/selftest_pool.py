@@ -10,11 +10,10 @@ the self-test that would refuse to save it, then tested both ways with the same 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-from common import write_results
+from common import bench_parser, write_results
 
 from release.recipe import choose_recipe
 from training.data import load_splits
@@ -25,9 +24,8 @@ TESTS = ("blur", "noise", "shuffle", "clusters")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "selftest_pool")
     parser.add_argument("--data", type=Path, default=Path("data/icons1k"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/selftest_pool.json"))
     args = parser.parse_args()
     data = choose_recipe(args.data).config.data
     splits = load_splits(data)

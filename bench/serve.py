@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import bench_parser
 
 from service.imaging import encode_png
 from service.runtime import GeneratorRuntime
@@ -278,12 +278,11 @@ def targets(result: dict, rows: list[dict], ours: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "serve")
     parser.add_argument("--model", type=Path, default=Path("models/default"))
     parser.add_argument("--seconds", type=float, default=8, help="each (n, c) load")
     parser.add_argument("--mixed-seconds", type=float, default=60, help="the mixed load (600: the soak)")
     parser.add_argument("--phases", default="throughput,mixed", help="comma-separated: throughput, mixed")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
     parser.add_argument(
         "--layouts",
         default="inprocess,batched",

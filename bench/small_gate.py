@@ -20,7 +20,6 @@ true generator's memorization ratios and the recall of the true and the one-kind
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import write_results
+from common import bench_parser, write_results
 from PIL import Image
 from torch import nn
 
@@ -142,11 +141,10 @@ def _cell(row: dict, name: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "small_gate")
     parser.add_argument("--sizes", default="250,500,1000,2000,5000")
     parser.add_argument("--draws", default="0")
     parser.add_argument("--work", type=Path, default=None, help="keep the folders here (default: a temporary one)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/small_gate.json"))
     args = parser.parse_args()
     sizes, draws = [int(s) for s in args.sizes.split(",")], [int(d) for d in args.draws.split(",")]
     rows = []

@@ -9,7 +9,6 @@ the ratio of their best rounds is the figure (absolute speed on a shared machine
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import bench_parser
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -67,11 +67,10 @@ def ganserve_train(cfg: RunConfig, runs_dir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "train")
     parser.add_argument("--config", type=Path, default=Path("configs/fashion-mnist.yaml"))
     parser.add_argument("--images", type=int, default=12800, help="training images per round (one epoch)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/train.json"))
     args = parser.parse_args()
 
     overrides = [f"data.limit={args.images}", "epochs=1", "ema.enabled=false", "model.conditional=false"]
