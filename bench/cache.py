@@ -195,11 +195,10 @@ def _gib(n: int) -> str:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__, "cache")
+    parser = bench_parser(__doc__, "cache", rounds=3)
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--steps", type=int, default=60, help="G steps per training round")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ganserve-bench-cache")
     args = parser.parse_args()
 

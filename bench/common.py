@@ -12,10 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def bench_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
-    """The script's parser, its docstring as help, with ``--out`` (default ``bench/results/NAME.json``)."""
+def bench_parser(doc: str | None, name: str, *, rounds: int | None = None) -> argparse.ArgumentParser:
+    """The script's parser, its docstring as help, with ``--out`` (default ``bench/results/NAME.json``) and, given a
+    default, ``--rounds``."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(f"bench/results/{name}.json"), help="the JSON written")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds, help="timed rounds; the fastest counts")
     return parser
 
 

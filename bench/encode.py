@@ -8,11 +8,10 @@ images of the size an RGB GAN here draws; no RGB model is shipped).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from common import bench_parser, fastest
+from common import bench_parser, fastest, write_results
 
 from service.formats import encode_image
 from service.imaging import encode_png
@@ -50,9 +49,8 @@ def per_image_us(encode, images: np.ndarray, rounds: int) -> float:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__, "encode")
+    parser = bench_parser(__doc__, "encode", rounds=5)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     rows = []
@@ -68,9 +66,7 @@ def main() -> None:
             row["over_served_png"] = row["us_per_image"] / served
             print(f"{kind:<14} {row['encoder']:<26} {row['us_per_image']:>9.1f} {row['bytes']:>7.0f} "
                   f"{row['over_served_png']:>12.2f}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "encode", "images": args.images, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, f"python bench/encode.py --images {args.images} --rounds {args.rounds}", rows)
 
 
 if __name__ == "__main__":

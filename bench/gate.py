@@ -26,28 +26,26 @@ from common import bench_parser, write_results
 from training.config import load_config
 from training.judging.gate import GateConfig, evaluate
 
-# (label, module file suffix, function name): where the gate spends its time
-STAGES = [
-    ("self-test (evaluator's power)", "selftest.py", "run_selftest"),
-    ("draw samples (onnxruntime, latents in the graph)", "runtime.py", "generate"),
-    ("evaluator features", "evaluator.py", "__call__"),
-    ("FID (+ bootstrap)", "metrics.py", "fid_bootstrap"),
-    ("paired FID interval", "metrics.py", "fid_paired_difference"),
-    ("feature judge (logistic)", "metrics.py", "logistic_judge"),
-    ("pixel judges (CNN D)", "metrics.py", "pixel_judge"),
-    ("clusters: k-means", "metrics.py", "kmeans"),
-    ("KID", "metrics.py", "kid"),
-    ("precision / recall", "metrics.py", "precision_recall"),
-    ("density / coverage", "metrics.py", "density_coverage"),
-    ("nearest neighbours (memorization)", "metrics.py", "nearest_neighbour_distances"),
-]
+# where the gate spends its time: a stage's label, then the module file and the function whose cumulative time it is
+STAGES = {
+    "self-test (evaluator's power)": "selftest.py run_selftest",
+    "draw samples (onnxruntime, latents in the graph)": "runtime.py generate",
+    "evaluator features": "evaluator.py __call__",
+    "FID (+ bootstrap)": "metrics.py fid_bootstrap", "paired FID interval": "metrics.py fid_paired_difference",
+    "feature judge (logistic)": "metrics.py logistic_judge", "pixel judges (CNN D)": "metrics.py pixel_judge",
+    "clusters: k-means": "metrics.py kmeans", "KID": "metrics.py kid",
+    "precision / recall": "metrics.py precision_recall",
+    "density / coverage": "metrics.py density_coverage",
+    "nearest neighbours (memorization)": "metrics.py nearest_neighbour_distances",
+}  # fmt: skip
 
 
 def _stages(profile: cProfile.Profile) -> dict[str, float]:
     stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    where = {label: tuple(at.split()) for label, at in STAGES.items()}
     return {
         label: sum(row[3] for (file, _, fn), row in stats.items() if fn == name and file.endswith(suffix))
-        for label, suffix, name in STAGES
+        for label, (suffix, name) in where.items()
     }
 
 
@@ -85,7 +83,7 @@ def main() -> None:
         model, _, config = rest.partition(":")
         rows += run_case(name, Path(model), Path(config), samples=args.samples, runs_dir=args.runs_dir)
 
-    labels = [label for label, _, _ in STAGES]
+    labels = list(STAGES)
     heads = [f"{r['case']} vs {r['against']}" for r in rows]
     width = max(map(len, [*labels, "stage"])) + 2
     print("\n" + "stage".ljust(width) + "".join(h.rjust(22) for h in heads))

@@ -7,12 +7,11 @@ against protocol v1 (one ``numpy.random.default_rng(seed)`` per image, what ever
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import onnxruntime as ort
-from common import bench_parser, fastest
+from common import bench_parser, fastest, write_results
 
 from service.latents import latents_for_seeds
 from training.sampler import sampler_model
@@ -38,9 +37,8 @@ def best_us(draw, rounds: int, min_seconds: float = 0.2) -> float:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__, "latents")
+    parser = bench_parser(__doc__, "latents", rounds=7)
     parser.add_argument("--latent-dim", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
 
     options = ort.SessionOptions()
@@ -70,9 +68,7 @@ def main() -> None:
             v1 = "-" if row["v1_per_image_us"] is None else f"{row['v1_per_image_us']:.1f}"
             print(f"{n:>5} {t or '-':>10} {v1:>16} {row['v2_numpy_us']:>12.1f} {row['v2_graph_us']:>12.1f} "
                   f"{row['numpy_over_v1']:>9.3f} {row['graph_over_v1']:>9.3f}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "latents", "latent_dim": args.latent_dim, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, f"python bench/latents.py --latent-dim {args.latent_dim} --rounds {args.rounds}", rows)
 
 
 if __name__ == "__main__":
