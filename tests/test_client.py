@@ -521,3 +521,96 @@ def test_info_reads_a_line_that_has_no_model_yet():
                        "auth": False}}  # fmt: skip
     parsed = ModelInfo.model_validate(info)
     assert parsed.models["emoji"].not_ready.endswith("yet") and parsed.models["fashion"].model_version
+
+
+def sdk_imports() -> dict[str, set[str]]:
+    """Each module of ganserve_client and the package's modules it imports, anywhere in it (a function's late import
+    too), read with ``ast``: ``from ganserve_client.x import y`` and ``from ganserve_client import x`` lead to x,
+    ``from ganserve_client import Name`` to the package's ``__init__``."""
+    import ast
+
+    from ganserve_client import _errors
+
+    folder = Path(_errors.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        graph[name] = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from within the package, whose modules sit in one folder
+                    base = ".".join(filter(None, ("ganserve_client", node.module)))
+                targets = [f"{base}.{alias.name}" if base == "ganserve_client" else base for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                head, _, rest = target.partition(".")
+                if head == "ganserve_client":
+                    module = rest.split(".")[0]
+                    graph[name].add(module if module in modules else "__init__")
+    return graph
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of imports in ``graph`` (its modules in order, the first again at the end), or None."""
+    state: dict[str, str] = {}  # "open" while its imports are being followed, "done" once they all were
+
+    def follow(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                return [*path[path.index(imported) :], imported]
+            if imported not in state and (circle := follow(imported, [*path, imported])):
+                return circle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (circle := follow(module, [module])):
+            return circle
+    return None
+
+
+def test_the_sdk_imports_no_module_in_a_circle():
+    """_models and _provenance once imported each other (one of the two late, inside a function); what they share
+    of the files is ganserve_client._container's, which imports none of the package."""
+    assert import_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check finds one
+    assert import_circle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    graph = sdk_imports()
+    assert {"__init__", "_client", "_models", "_provenance", "_container", "cli"} <= set(graph)
+    assert "_provenance" in graph["_models"] and graph["cli"] == {"__init__"}  # the reading works
+    assert import_circle(graph) is None, import_circle(graph)
+    assert graph["_container"] == set()
+
+
+def test_every_error_is_drawn_in_the_exception_tree():
+    """The tree in ganserve_client._errors' docstring draws every exception class the SDK defines, under its base."""
+    import importlib
+    import re
+
+    import ganserve_client
+    from ganserve_client import GanServeError, GanserveError, _errors
+
+    folder = Path(_errors.__file__).parent
+    for path in folder.glob("*.py"):  # a class defined anywhere in the package counts
+        importlib.import_module("ganserve_client" if path.stem == "__init__" else f"ganserve_client.{path.stem}")
+    assert GanServeError is GanserveError and {"GanserveError", "GanServeError"} <= set(ganserve_client.__all__)
+
+    def defined(cls: type) -> set[type]:
+        return {cls} | {c for sub in cls.__subclasses__() for c in defined(sub)}
+
+    classes = {c for c in defined(GanserveError) if c.__module__.startswith("ganserve_client")}
+    tree = _errors.__doc__.split("\n\n", 1)[1].splitlines()
+    drawn, parents = {}, [tree[0].split()[0]]  # the root, then the last class drawn at each depth
+    for line in tree[1:]:
+        if match := re.match(r"((?:[│ ]   )*)[├└]── (\w+)", line):
+            depth = len(match[1]) // 4 + 1
+            parents[depth:] = [match[2]]
+            drawn[match[2]] = parents[depth - 1]
+    assert parents[0] == "GanserveError"
+    assert set(drawn) | {"GanserveError"} == {c.__name__ for c in classes}
+    for cls in classes - {GanserveError}:
+        assert drawn[cls.__name__] == cls.__bases__[0].__name__, cls

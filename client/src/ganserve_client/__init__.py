@@ -4,13 +4,14 @@
     images = GanClient("http://127.0.0.1:3000").generate(4, seed=0, label="sneaker")
 
 Every file the service makes says how it was drawn (``read_provenance``), so ``GanClient.reproduce`` can ask for it
-again. Errors form one tree, rooted at GanServeError (see ganserve_client._errors for the drawing):
-InvalidRequest, Unauthorized, RateLimited, Unavailable (and its Timeout), TransportError.
+again. Errors form one tree, rooted at GanserveError (also named GanServeError; see ganserve_client._errors for the
+drawing): InvalidRequest, Unauthorized, RateLimited, Unavailable (and its Timeout), TransportError.
 """
 
 from ganserve_client._client import DEFAULT_TIMEOUT, DEFAULT_URL, AsyncGanClient, GanClient
 from ganserve_client._errors import (
     GanServeError,
+    GanserveError,
     InvalidRequest,
     RateLimited,
     Timeout,
@@ -18,17 +19,8 @@ from ganserve_client._errors import (
     Unauthorized,
     Unavailable,
 )
-from ganserve_client._models import (
-    Animation,
-    BulkSummary,
-    DrsInfo,
-    GeneratedImage,
-    Health,
-    ModelInfo,
-    Provenance,
-    Reproduction,
-)
-from ganserve_client._provenance import read_provenance
+from ganserve_client._models import Animation, BulkSummary, GeneratedImage, Health, ModelInfo, Reproduction
+from ganserve_client._provenance import DrsInfo, Provenance, read_provenance
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -39,6 +31,7 @@ __all__ = [
     "DrsInfo",
     "GanClient",
     "GanServeError",
+    "GanserveError",
     "GeneratedImage",
     "Health",
     "InvalidRequest",

@@ -1,9 +1,8 @@
 """Wire models (what the service sends, checked by pydantic; a contract test keeps them in step with the server) and
-the results the client hands back."""
+the results the client hands back. What a file says about itself, its provenance, is ganserve_client._provenance's."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -12,11 +11,13 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ganserve_client._container import open_image
+from ganserve_client._provenance import DrsInfo, Provenance, read_provenance
+
 __all__ = [
     "EXTENSIONS",
     "Animation",
     "BulkSummary",
-    "DrsInfo",
     "GenerateRequest",
     "GeneratedImage",
     "Health",
@@ -24,7 +25,6 @@ __all__ = [
     "InterpolateRequest",
     "Limits",
     "ModelInfo",
-    "Provenance",
     "Reproduction",
 ]
 
@@ -67,7 +67,7 @@ class GenerateRequest(BaseModel):
     def _options_fit_together(self) -> GenerateRequest:
         if self.quality is not None and self.format not in ("jpeg", "webp"):
             raise ValueError("quality applies to format 'jpeg' or 'webp' only")
-        # Without a sampler the model's default applies, which may be drs: that case is the server's to judge.
+        # Without a sampler the model's default applies, which may be drs: that case is the server's to decide.
         if self.max_candidates is not None and self.sampler == "plain":
             raise ValueError("max_candidates applies to sampler 'drs' only")
         return self
@@ -154,6 +154,8 @@ class Promotion(BaseModel):
     created: str | None = None
     decision: str | None = None
     fid: float | None = None
+    # The gate's judges, fresh two-sample classifiers of real against generated images, on the evaluator's features
+    # and on pixels: the nearer 0.5, the less they tell the two apart. (The names are the fields the server sends.)
     feature_judge_accuracy: float | None = None
     pixel_judge_accuracy: float | None = None
     current: bool = False
@@ -182,18 +184,6 @@ class ModelInfo(BaseModel):
     history: list[Promotion] = []
 
 
-class DrsInfo(BaseModel):
-    """How discriminator rejection sampling drew one image: the discriminator's logit for it (higher: more real to
-    it), the candidates drawn, and whether one was accepted (False: none of ``max_candidates`` was, and the
-    best-scored was kept)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    score: float | None  # None: the discriminator gave NaN or an infinity
-    candidates: int
-    accepted: bool
-
-
 class _WireImage(BaseModel):
     seed: int
     label: str | None
@@ -216,26 +206,6 @@ class Health(BaseModel):
     ready: bool
 
 
-class Provenance(BaseModel):
-    """What a ganserve file says about itself: which model line and version drew it, and ``request``, the body that
-    draws this very file again when POSTed to ``endpoint``. Fields a newer server adds are kept, not dropped."""
-
-    model_config = ConfigDict(extra="allow")
-
-    ganserve: int  # the provenance format's version
-    model: str
-    model_version: str
-    latent_protocol: str | None = None
-    endpoint: str
-    request: dict[str, Any]
-    seed: int | None = None  # one image
-    seeds: list[int] | None = None  # a grid's images, or an animation's keys
-    label: str | list[str | None] | None = None  # a list, one per key, for an interpolation
-    truncation: float | None = None
-    sampler: str | None = None  # /generate files: "plain" or "drs" (None: a server from before rejection sampling)
-    drs: DrsInfo | list[DrsInfo] | None = None  # drawn with drs: each image's score, candidates and acceptance
-
-
 class _File:
     """What a generated image and an animation share: the server's bytes, their provenance, a PIL view, save()."""
 
@@ -245,13 +215,11 @@ class _File:
     @cached_property
     def image(self) -> Image.Image:
         """The file opened with Pillow (lazily decoded; an animation's frames through ``PIL.ImageSequence``)."""
-        return Image.open(io.BytesIO(self.data))
+        return open_image(self.data)
 
     @cached_property
     def provenance(self) -> Provenance | None:
         """The provenance written inside the file by the server (None for a file from a server without it)."""
-        from ganserve_client._provenance import read_provenance  # _provenance builds on these models
-
         return read_provenance(self.data)
 
     @property

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ganserve_client import DEFAULT_URL, GanClient, GanServeError, Provenance, read_provenance
+from ganserve_client import DEFAULT_URL, GanClient, GanserveError, Provenance, read_provenance
 
 # The format an interpolation's file name asks for, when --format does not say.
 ANIMATION_FORMATS = {".webp": "webp", ".gif": "gif", ".png": "png"}
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with GanClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
             return COMMANDS[args.command](client, args)
-    except (GanServeError, OSError, ValueError) as err:
+    except (GanserveError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
