@@ -39,6 +39,7 @@ from typing import Any
 from service.errors import GanserveError
 from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, production_name
 from service.manifest import DISCRIMINATOR_NAME, MANIFEST_NAME, MODEL_NAME, Manifest, ManifestError, read_manifest
+from service.rows import version_of
 
 __all__ = [
     "CANDIDATE_NAME",
@@ -81,7 +82,7 @@ def verified_report(folder: Path) -> tuple[Manifest, dict | None, str]:
         return (
             manifest,
             None,
-            f"not judged: its report judged {str(judged)[:12]}, not this file ({manifest.sha256[:12]})",
+            f"not judged: its report judged {version_of(str(judged))}, not this file ({version_of(manifest.sha256)})",
         )
     return manifest, report, decision
 
