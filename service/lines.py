@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 from service.errors import GanserveError
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_line",
     "line_id",
     "line_of",
+    "ordered",
     "production_name",
 ]
 
@@ -69,6 +71,11 @@ def line_of(model_name: str) -> str | None:
         if model_name.startswith(prefix + ".") and _LINE.fullmatch(line := model_name[len(prefix) + 1 :]):
             return line
     return None
+
+
+def ordered(lines: Iterable[str | None]) -> list[str]:
+    """The lines as every listing shows them: the default line first, then by name; None (not a line) dropped."""
+    return sorted(set(lines) - {None}, key=lambda line: (line != DEFAULT_LINE, line))
 
 
 def _name(prefix: str, line: str) -> str:
