@@ -4,6 +4,9 @@ A line is a name such as ``fashion`` or ``emoji``. Its candidates are the BentoM
 and its promotions ``ganserve-generator.<line>``, whose ``latest`` pointer is the line's production; the line
 ``default`` keeps the plain names ``ganserve-candidate`` and ``ganserve-generator``, so a store made before lines
 existed is the default line as it stands. Pure names: shared by the registry (training) and the service.
+
+The HTTP API calls a line a *model*: a body's ``model`` (``service.requests.Line``, where it is documented), ``/info``'s
+``?model=``, the ``X-Model`` header and a response's ``model`` each name a line; ``ganserve --line`` names the same.
 """
 
 from __future__ import annotations
