@@ -41,6 +41,7 @@ Truncation = Annotated[
         description="truncate z to [-t, t] (the truncation trick: fidelity for variety); none if absent",
     ),
 ]  # fmt: skip
+Label = Annotated[int, Field(ge=0)] | str  # a class: its name, or its index
 # What the API calls a model is a line (service.lines); a body without one gets the service's default line.
 Line = Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")]
 
@@ -54,9 +55,7 @@ class GenerateRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=settings().max_n, description="images; a grid when more than one")] = 1
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED - 1, description="image i gets seed + i; else random")] = None
     truncation: Truncation = None
-    label: Annotated[
-        Annotated[int, Field(ge=0)] | str | None, Field(description="class name or index, for a conditional model")
-    ] = None
+    label: Annotated[Label | None, Field(description="class name or index, for a conditional model")] = None
     model: Line = None
     format: Annotated[
         Literal["png", "webp", "jpeg"] | None,
@@ -73,9 +72,6 @@ class GenerateRequest(BaseModel):
         int | None,
         Field(ge=1, le=MAX_CANDIDATES, description=f"drs: candidates per image at most (default {DEFAULT_CANDIDATES})"),
     ] = None
-
-
-Label = Annotated[int, Field(ge=0)] | str
 
 
 class InterpolateRequest(BaseModel):
