@@ -52,6 +52,8 @@ def evaluate(
 @app.command()
 def models(line: str = typer.Option(None, "--line", "-l", help="only this model line (default: every line)")) -> None:
     """List the registry: each line's candidates and promotions, newest last, with their gate figures."""
+    from service.rows import version_of
+
     with user_errors():
         registry = _registry(line)
         rows = []
@@ -66,7 +68,7 @@ def models(line: str = typer.Option(None, "--line", "-l", help="only this model 
                     m = e.metadata
                     rows.append((name, e.tag, stage, e.created.strftime("%Y-%m-%d %H:%M"), m.get("decision", "-"),
                                  _num(m.get("fid")), _num(m.get("feature_judge_accuracy")), m.get("drs", "-"),
-                                 e.sha256[:12]))  # fmt: skip
+                                 version_of(e.sha256)))  # fmt: skip
     if not rows:
         typer.echo(f"no models in {registry.models_dir}; run ganserve retrain, or make serve to import the default")
         return

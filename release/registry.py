@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import GanserveError
-from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, production_name
+from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, ordered, production_name
 from service.manifest import DISCRIMINATOR_NAME, MANIFEST_NAME, MODEL_NAME, Manifest, ManifestError, read_manifest
+from service.rows import version_of
 
 __all__ = [
     "CANDIDATE_NAME",
@@ -81,7 +82,7 @@ def verified_report(folder: Path) -> tuple[Manifest, dict | None, str]:
         return (
             manifest,
             None,
-            f"not judged: its report judged {str(judged)[:12]}, not this file ({manifest.sha256[:12]})",
+            f"not judged: its report judged {version_of(str(judged))}, not this file ({version_of(manifest.sha256)})",
         )
     return manifest, report, decision
 
@@ -153,8 +154,7 @@ class Registry:
 
     def lines(self) -> list[str]:
         """Every line with a candidate or a promotion in this store, the default line first."""
-        found = {line_of(p.name) for p in self.models_dir.iterdir() if p.is_dir()} - {None}
-        return sorted(found, key=lambda line: (line != DEFAULT_LINE, line))
+        return ordered(line_of(p.name) for p in self.models_dir.iterdir() if p.is_dir())
 
     def entries(self, name: str) -> list[Entry]:
         """Versions of ``name``, oldest first; half-written folders (no model.yaml) are skipped."""

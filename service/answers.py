@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.drs import reported_score
-from service.guard import what_is_wrong
+from service.errors import one_line
 from service.requests import GenerateRequest, Refused
 
 __all__ = [
@@ -127,7 +127,7 @@ async def answering(request: Request, answer: Callable[[Any], Any]) -> Response:
     except ValidationError as err:
         detail = err.errors(include_context=False, include_input=False, include_url=False)
         error = {"error": f"{err.error_count()} validation error for {err.title}", "detail": detail}
-        return refuse(request, Refused(400, error), why=what_is_wrong(err))
+        return refuse(request, Refused(400, error), why=one_line(err, whole="body"))
     except Refused as refused:
         return refuse(request, refused)
     return out if isinstance(out, Response) else JSONResponse(out)

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from service.errors import one_line
+
 __all__ = ["ClientErrorLog", "Guard"]
 
 Scope = dict[str, Any]
@@ -144,11 +146,6 @@ async def _answer(send: Send, refusal: _Refusal) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def what_is_wrong(error) -> str:
-    """A pydantic ValidationError in one line: ``n: Input should be ...; seed: ...``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
-
-
 class ClientErrorLog(logging.Filter):
     """BentoML logs each request it refuses as invalid at ERROR with a 25-line traceback (10,000 bad requests wrote
     26 MB). A client's mistake is no server error: this filter, on BentoML's HTTP logger, turns such a record into
@@ -160,7 +157,7 @@ class ClientErrorLog(logging.Filter):
 
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, ValidationError):
-            status, why = 400, what_is_wrong(error)
+            status, why = 400, one_line(error, whole="body")
         elif isinstance(error, BentoMLException) and error.error_code < 500:
             status, why = int(error.error_code), str(error)
         else:

@@ -4,12 +4,16 @@ A line is a name such as ``fashion`` or ``emoji``. Its candidates are the BentoM
 and its promotions ``ganserve-generator.<line>``, whose ``latest`` pointer is the line's production; the line
 ``default`` keeps the plain names ``ganserve-candidate`` and ``ganserve-generator``, so a store made before lines
 existed is the default line as it stands. Pure names: shared by the registry (training) and the service.
+
+The HTTP API calls a line a *model*: a body's ``model`` (``service.requests.Line``, where it is documented), ``/info``'s
+``?model=``, the ``X-Model`` header and a response's ``model`` each name a line; ``ganserve --line`` names the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 from service.errors import GanserveError
 
@@ -23,6 +27,7 @@ __all__ = [
     "check_line",
     "line_id",
     "line_of",
+    "ordered",
     "production_name",
 ]
 
@@ -69,6 +74,11 @@ def line_of(model_name: str) -> str | None:
         if model_name.startswith(prefix + ".") and _LINE.fullmatch(line := model_name[len(prefix) + 1 :]):
             return line
     return None
+
+
+def ordered(lines: Iterable[str | None]) -> list[str]:
+    """The lines as every listing shows them: the default line first, then by name; None (not a line) dropped."""
+    return sorted(set(lines) - {None}, key=lambda line: (line != DEFAULT_LINE, line))
 
 
 def _name(prefix: str, line: str) -> str:

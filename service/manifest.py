@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import GanserveError
 from service.latents import PROTOCOL
+from service.rows import version_of
 
 __all__ = [
     "DISCRIMINATOR_NAME",
@@ -163,5 +164,7 @@ def read_manifest(folder: Path, *, verify: bool = True) -> Manifest:
                 raise ManifestError(f"{folder} has no {name}, which its manifest names")
             actual = file_sha256(onnx_path)
             if actual != sha256:
-                raise ManifestError(f"{onnx_path} has sha256 {actual[:12]}…, its manifest says {sha256[:12]}…")
+                raise ManifestError(
+                    f"{onnx_path} has sha256 {version_of(actual)}…, its manifest says {version_of(sha256)}…"
+                )
     return manifest

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from service.lines import DEFAULT_LINE, PRODUCTION_PREFIX, line_id, line_of, production_name
+from service.lines import PRODUCTION_PREFIX, line_id, line_of, ordered, production_name
 from service.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
-from service.rows import pack_images, unpack_request, widen
+from service.rows import pack_images, unpack_request, version_of, widen
 from service.runtime import GeneratorRuntime
 
 __all__ = ["Lines", "NotReady", "Production", "history", "lines_in_store"]
@@ -285,7 +285,7 @@ def lines_in_store() -> list[str]:
 
     names = {m.tag.name for m in bentoml.models.list()}
     found = {line_of(n) for n in names if n == PRODUCTION_PREFIX or n.startswith(PRODUCTION_PREFIX + ".")}
-    return sorted(found - {None}, key=lambda line: (line != DEFAULT_LINE, line))
+    return ordered(found)
 
 
 def history(line: str) -> list[dict[str, Any]]:
@@ -304,7 +304,7 @@ def history(line: str) -> list[dict[str, Any]]:
     for m in models:
         meta = m.info.metadata
         shown.append({
-            "version": m.tag.version, "model_version": str(meta.get("sha256", ""))[:12],
+            "version": m.tag.version, "model_version": version_of(str(meta.get("sha256", ""))),
             "created": m.creation_time.isoformat(timespec="seconds"), "decision": meta.get("decision"),
             "fid": meta.get("fid"), "feature_judge_accuracy": meta.get("feature_judge_accuracy"),
             "pixel_judge_accuracy": meta.get("pixel_judge_accuracy"), "current": m.tag.version == current,

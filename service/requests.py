@@ -18,8 +18,8 @@ from service.lines import LINE_PATTERN
 from service.settings import settings
 
 __all__ = [
-    "GenerateRequest", "InterpolateRequest", "Label", "Refused", "default_sampler", "label_index", "pick_format",
-    "sampler_for",
+    "GenerateRequest", "InterpolateRequest", "Label", "Line", "Refused", "Truncation", "default_sampler", "label_index",
+    "pick_format", "sampler_for",
 ]  # fmt: skip
 
 MAX_KEYS, MAX_SEGMENT_FRAMES = 16, 120
@@ -33,6 +33,19 @@ class Refused(Exception):
         self.status, self.body = status, body
 
 
+# The fields both bodies share, each spelled once: one bound, one schema, one description for the two.
+Truncation = Annotated[
+    float | None,
+    Field(
+        ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
+        description="truncate z to [-t, t] (the truncation trick: fidelity for variety); none if absent",
+    ),
+]  # fmt: skip
+Label = Annotated[int, Field(ge=0)] | str  # a class: its name, or its index
+# What the API calls a model is a line (service.lines); a body without one gets the service's default line.
+Line = Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")]
+
+
 class GenerateRequest(BaseModel):
     """Body of /generate and /generate_batch. Unknown fields are refused, not ignored; types are strict (no
     numbers in strings, no booleans for numbers), as a JSON API's clients expect."""
@@ -41,17 +54,9 @@ class GenerateRequest(BaseModel):
 
     n: Annotated[int, Field(ge=1, le=settings().max_n, description="images; a grid when more than one")] = 1
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED - 1, description="image i gets seed + i; else random")] = None
-    truncation: Annotated[
-        float | None,
-        Field(
-            ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
-            description="truncate z to [-t, t] (the truncation trick: fidelity for variety); none if absent",
-        ),
-    ] = None  # fmt: skip
-    label: Annotated[
-        Annotated[int, Field(ge=0)] | str | None, Field(description="class name or index, for a conditional model")
-    ] = None
-    model: Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")] = None
+    truncation: Truncation = None
+    label: Annotated[Label | None, Field(description="class name or index, for a conditional model")] = None
+    model: Line = None
     format: Annotated[
         Literal["png", "webp", "jpeg"] | None,
         Field(description="file format; else the Accept header's choice (/generate), else png"),
@@ -69,9 +74,6 @@ class GenerateRequest(BaseModel):
     ] = None
 
 
-Label = Annotated[int, Field(ge=0)] | str
-
-
 class InterpolateRequest(BaseModel):
     """Body of /interpolate: a walk through the latents of key seeds, as an animation or one PNG strip."""
 
@@ -83,14 +85,12 @@ class InterpolateRequest(BaseModel):
     ]
     frames: Annotated[int, Field(ge=1, le=MAX_SEGMENT_FRAMES, description="frames from one key to the next")] = 16
     loop: Annotated[bool, Field(description="walk back from the last key to the first")] = False
-    truncation: Annotated[
-        float | None, Field(ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False, description="as /generate")
-    ] = None
+    truncation: Truncation = None
     label: Annotated[
         Label | list[Label] | None,
         Field(description="class for every key, or one per key (a frame takes the nearer key's class)"),
     ] = None
-    model: Annotated[str | None, Field(pattern=f"^{LINE_PATTERN}$", description="model line; else the default")] = None
+    model: Line = None
     format: Annotated[
         Literal["webp", "gif", "png"] | None,
         Field(description="animated webp or gif, or png: one strip of frames; else the Accept header's, else webp"),

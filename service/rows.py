@@ -18,11 +18,18 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "VERSION_BYTES", "Images", "pack_images", "pack_request", "unpack_images", "unpack_request", "weights", "widen",
+    "VERSION_BYTES", "Images", "pack_images", "pack_request", "unpack_images", "unpack_request", "version_of",
+    "weights", "widen",
 ]  # fmt: skip
 
 VERSION_BYTES = 12  # a model version is the first 12 hex digits of its ONNX file's sha256
 _TRAILER = np.dtype([("label", "<i4"), ("score", "<f4"), ("candidates", "<i4"), ("accepted", "u1")])
+
+
+def version_of(sha256: str) -> str:
+    """A model's version, as the image rows, the headers, the reports and the CLI show it: the first
+    ``VERSION_BYTES`` hex digits of its ONNX file's sha256."""
+    return sha256[:VERSION_BYTES]
 
 
 def pack_request(

@@ -36,7 +36,7 @@ from service.latents import (
     slerp,
 )
 from service.manifest import MODEL_NAME, Manifest, ManifestError, read_manifest
-from service.rows import VERSION_BYTES
+from service.rows import version_of
 
 __all__ = ["Drawn", "GeneratorRuntime", "nvidia_driver_present"]
 
@@ -95,7 +95,7 @@ class GeneratorRuntime:
 
     @property
     def version(self) -> str:
-        return self.manifest.sha256[:VERSION_BYTES]
+        return version_of(self.manifest.sha256)
 
     def generate(
         self,

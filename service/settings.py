@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from service.errors import one_line
+
 __all__ = ["Settings", "settings"]
 
 PREFIX = "GANSERVE_"
@@ -72,13 +74,8 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            problems = "; ".join(  # a check across fields names its variables itself
-                f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}"
-                if e["loc"]
-                else e["msg"].removeprefix("Value error, ")
-                for e in err.errors()
-            )
-            raise ValueError(f"bad ganserve setting: {problems}") from None
+            wrong = one_line(err, where=lambda name: PREFIX + name.upper())  # each setting by its variable's name
+            raise ValueError(f"bad ganserve setting: {wrong}") from None
 
     @property
     def metrics_secret(self) -> SecretStr | None:

@@ -142,13 +142,13 @@ def train_evaluator_cmd(
 def validated(model_cls, raw: dict):
     from pydantic import ValidationError
 
+    from service.errors import one_line
     from training.config import ConfigError
 
     try:
         return model_cls.model_validate(raw)
     except ValidationError as err:  # one line, as every user error: each setting and what it must be
-        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False))
-        raise ConfigError(f"bad {model_cls.__name__} setting: {wrong}") from None
+        raise ConfigError(f"bad {model_cls.__name__} setting: {one_line(err)}") from None
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.errors import GanserveError
+from service.errors import GanserveError, problems
 
 __all__ = [
     "MAX_HOLDOUT_FRACTION",
@@ -269,14 +269,14 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
 
 
 def _explain(err: ValidationError) -> str:
-    lines = [f"invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = f"unknown key; valid keys here: {', '.join(_fields_at(e['loc'][:-1]))}"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+    header = f"invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"
+    return "\n  ".join([header, *problems(err, whole="(top level)", what=_unknown_key_names_the_valid_ones)])
+
+
+def _unknown_key_names_the_valid_ones(e: dict) -> str:
+    if e["type"] == "extra_forbidden":
+        return f"unknown key; valid keys here: {', '.join(_fields_at(e['loc'][:-1]))}"
+    return e["msg"]
 
 
 def _fields_at(loc: tuple) -> list[str]:

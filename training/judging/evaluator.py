@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from service.errors import GanserveError
+from service.errors import GanserveError, problems
 from service.manifest import file_sha256
 from training.config import DataConfig
 from training.data import Splits, load_splits
@@ -205,7 +205,8 @@ class Evaluator:
         try:
             self.manifest = EvaluatorManifest.model_validate_json(manifest_path.read_text())
         except ValidationError as err:
-            raise EvaluatorError(f"{manifest_path} is not an evaluator manifest of schema 2: {_first(err)}") from None
+            first = problems(err)[0]
+            raise EvaluatorError(f"{manifest_path} is not an evaluator manifest of schema 2: {first}") from None
         path = self.folder / self.manifest.file
         if not path.is_file() or file_sha256(path) != self.manifest.sha256:
             raise EvaluatorError(f"{path} is missing or does not match the sha256 in its manifest")
@@ -226,11 +227,6 @@ class Evaluator:
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return self(images)[1]
-
-
-def _first(err: ValidationError) -> str:
-    e = err.errors()[0]
-    return f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
 
 
 # --- training -----------------------------------------------------------------------------------------------------
