@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from service.errors import GanserveError
 from service.manifest import Manifest, ManifestError
+from service.rows import version_of
 from service.runtime import Drawn, GeneratorRuntime
 from training.config import MAX_HOLDOUT_FRACTION, DataConfig
 from training.data import Splits, load_splits
@@ -338,7 +339,7 @@ def _check_instrument(evaluator: Evaluator, splits: Splits, cfg: GateConfig) -> 
     result = run_selftest(evaluator, splits, seed=evaluator.manifest.config.seed, reference=cfg.reference)
     if not result["passed"]:
         raise GateError(
-            f"cannot judge: the evaluator {evaluator.manifest.sha256[:12]} fails its self-test on this data "
+            f"cannot judge: the evaluator {version_of(evaluator.manifest.sha256)} fails its self-test on this data "
             f"({'; '.join(result['failures'])}); train a stronger one: ganserve train-evaluator --set max_steps=..."
         )
     return {k: v for k, v in result.items() if k != "tests"} | {
