@@ -32,7 +32,7 @@ from training.augment import ada_step, augment
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig
 from training.data import Splits, load_splits
-from training.losses import LOSSES, gradient_penalty, lecam_penalty
+from training.losses import LOSSES, clip_weights, gradient_penalty, lecam_penalty
 from training.networks import build_networks
 
 __all__ = ["RESUMABLE_KEYS", "draw", "planned_steps", "resume", "train"]
@@ -292,7 +292,7 @@ class _Trainer:
                 d_real = self.D_train(real_seen, labels)
                 d_fake = self.D_train(fake_seen, labels)
                 loss_d = loss.d_loss(d_real.float(), d_fake.float())
-                if cfg.loss.name == "wgan-gp":
+                if loss.penalty:
                     penalty = gradient_penalty(self.D_train, labels, real_seen, fake_seen, self.noise)
                     loss_d = loss_d + cfg.loss.gp_weight * penalty
                 if cfg.loss.lecam > 0:
@@ -301,10 +301,8 @@ class _Trainer:
             self.opt_D.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_D.step()
-            if cfg.loss.name == "wgan":
-                with torch.no_grad():
-                    for p in self.D.parameters():
-                        p.clamp_(-cfg.loss.clip, cfg.loss.clip)
+            if loss.clip:
+                clip_weights(self.D, cfg.loss.clip)
 
         fake_seen = self._augment(fake)  # fresh draws; G's gradient flows back through the augmentation
         with self.autocast:
