@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from service.imaging import to_uint8
 from service.latents import labels_for_seeds, latents_for_seeds
-from training.artifacts import StatsLog, new_run_dir, plot_losses, save_grid
+from training.artifacts import StatsLog, new_run_dir, plot_losses, save_grid, to_unit
 from training.augment import ada_step, augment
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig
@@ -271,8 +271,7 @@ class _Trainer:
         idx = order[start : start + self.local_batch]
         self.batch += 1
         images = self.images[idx.to(self.images.device)].to(self.proc.device)  # a no-op when the set is there
-        images = images.float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1], as G's tanh
-        images = images.contiguous(memory_format=self.memory_format)
+        images = to_unit(images).contiguous(memory_format=self.memory_format)  # [-1, 1], as G's tanh
         return images, None if self.labels is None else self.labels[idx]
 
     def _train_step(self, order: torch.Tensor) -> dict[str, torch.Tensor]:
