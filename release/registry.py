@@ -40,6 +40,7 @@ from service.errors import GanserveError
 from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, ordered, production_name
 from service.manifest import DISCRIMINATOR_NAME, MANIFEST_NAME, MODEL_NAME, Manifest, ManifestError, read_manifest
 from service.rows import version_of
+from training.artifacts import move_into_place, staging_folder
 
 __all__ = [
     "CANDIDATE_NAME",
@@ -280,25 +281,20 @@ class Registry:
         import bentoml
         from bentoml._internal.models.model import ModelStore
 
-        staging_root = self.home / "ganserve-staging" / uuid.uuid4().hex
-        with self._staging(shared=True):
-            try:
-                staging = ModelStore(str(staging_root))
-                with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=staging) as m:
-                    for file in MODEL_FILES:
-                        if (Path(folder) / file).is_file():
-                            shutil.copy2(Path(folder) / file, m.path_of(file))
-                    # what enters the store is what was verified: the copy, not the source, is checked
-                    m.info.metadata["sha256"] = _verified(Path(m.path)).sha256
-                version = m.tag.version
-                self._step("staged")
-                (self.models_dir / name).mkdir(exist_ok=True)
-                os.rename(staging_root / name / version, self.models_dir / name / version)  # atomic on one fs
-                self._step("renamed")
-                if name == self.candidates:
-                    self._point_latest(version, name)
-            finally:
-                shutil.rmtree(staging_root, ignore_errors=True)
+        with self._staging(shared=True), staging_folder(self.home / "ganserve-staging", prefix=f"{name}-") as root:
+            staging = ModelStore(str(root))
+            with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=staging) as m:
+                for file in MODEL_FILES:
+                    if (Path(folder) / file).is_file():
+                        shutil.copy2(Path(folder) / file, m.path_of(file))
+                # what enters the store is what was verified: the copy, not the source, is checked
+                m.info.metadata["sha256"] = _verified(Path(m.path)).sha256
+            version = m.tag.version
+            self._step("staged")
+            move_into_place(root / name / version, self.models_dir / name / version)
+            self._step("renamed")
+            if name == self.candidates:
+                self._point_latest(version, name)
         return self._entry(self.store.get(f"{name}:{version}"))
 
     @contextmanager

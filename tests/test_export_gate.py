@@ -93,13 +93,13 @@ def test_upgrade_puts_the_sampler_in_front_of_a_v1_model(tmp_path):
 
     import torch
 
-    from training.export import _Served, upgrade
+    from training.export import _ServedGenerator, upgrade
 
     v1 = tmp_path / "v1"
     v1.mkdir()
     z = torch.from_numpy(latents_for_seeds(range(2), LATENT))
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(_Served(BlobGenerator(), False).eval(), (z,), v1 / "generator.onnx", dynamo=True,
+        torch.onnx.export(_ServedGenerator(BlobGenerator(), False).eval(), (z,), v1 / "generator.onnx", dynamo=True,
                           input_names=["z"], output_names=["images", "finite"], external_data=False,
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))  # fmt: skip
     old = Manifest(

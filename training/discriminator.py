@@ -1,7 +1,7 @@
 """A discriminator fitted to an exported generator, for discriminator rejection sampling (``service/drs.py``).
 
 DRS needs D's logit to estimate log(p_data / p_g) for the generator that is served. The D saved with a training run
-does so poorly: it was chasing a moving G, it judged the raw G while the served one is its EMA average, and its
+does so poorly: it was chasing a moving G, it scored the raw G while the served one is its EMA average, and its
 batch-norm statistics in eval mode are not those it was trained with. So ``fit_discriminator`` trains D further (from
 the run's D, or from scratch) against the exported generator itself, frozen, drawn through the serving runtime; then
 calibrates its logit by logistic regression (``a * logit + b``, Platt scaling) on training images kept out of the
@@ -38,10 +38,11 @@ from service.manifest import (
     write_manifest,
 )
 from service.runtime import GeneratorRuntime
+from training.artifacts import staged, to_unit
 from training.checkpoint import load_checkpoint
 from training.config import DataConfig, RunConfig
 from training.data import load_splits
-from training.export import ExportError, Judged, export_discriminator, staged
+from training.export import ExportError, ServedDiscriminator, export_discriminator
 from training.losses import LOSSES
 from training.networks import Discriminator
 
@@ -118,7 +119,7 @@ def fit_discriminator(
 
     def fakes(start: int, n: int, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         drawn = generator.generate(np.arange(start, start + n), None if classes is None else classes.numpy())
-        x = torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = to_unit(torch.from_numpy(drawn.images), channels_last=True)
         return x, None if drawn.labels is None else torch.from_numpy(drawn.labels)
 
     d_loss = LOSSES["nonsaturating"].d_loss  # binary cross-entropy: its optimum is the log density ratio
@@ -127,7 +128,7 @@ def fit_discriminator(
     bar = _bar(cfg.steps, progress)
     for step in range(cfg.steps):
         idx = fit[torch.randint(len(fit), (cfg.batch_size,))]
-        real = images[idx].float() / 127.5 - 1
+        real = to_unit(images[idx])
         real_labels = labels[idx] if conditional else None
         fake, fake_labels = fakes(FIT_SEEDS + step * cfg.batch_size, cfg.batch_size, real_labels)
         # one batch of both: a batch-normalised D then learns with the statistics of the mixture, which are what
@@ -142,11 +143,11 @@ def fit_discriminator(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     d.eval()
-    calibration = _calibrate(d, images[held].float() / 127.5 - 1, labels[held] if conditional else None, fakes,
+    calibration = _calibrate(d, to_unit(images[held]), labels[held] if conditional else None, fakes,
                              seen=run is not None)  # fmt: skip
-    judged = Judged(Calibrated(d, calibration.a, calibration.b), conditional).eval()
+    served = ServedDiscriminator(Calibrated(d, calibration.a, calibration.b), conditional).eval()
     fit = DiscriminatorFit(steps=cfg.steps, start=started_from, calibration=calibration)
-    return _write(model_dir, out_dir, manifest, judged, generator, fit)
+    return _write(model_dir, out_dir, manifest, served, generator, fit)
 
 
 def _calibrate(d: torch.nn.Module, real: torch.Tensor, real_labels, fakes, *, seen: bool) -> Calibration:
@@ -184,13 +185,13 @@ def _calibrate(d: torch.nn.Module, real: torch.Tensor, real_labels, fakes, *, se
                        jsd_lower_bound_nats=max(0.0, math.log(2) - after), seen_in_training=seen)  # fmt: skip
 
 
-def _write(model_dir: Path, out_dir: Path, manifest: Manifest, judged, generator: GeneratorRuntime,
-           fit: DiscriminatorFit) -> Manifest:  # fmt: skip
+def _write(model_dir: Path, out_dir: Path, manifest: Manifest, discriminator: ServedDiscriminator,
+           generator: GeneratorRuntime, fit: DiscriminatorFit) -> Manifest:  # fmt: skip
     """The generator file and manifest copied, the fitted D exported and calibrated beside them; whole or nothing."""
     with staged(out_dir, prefix=".fit-") as staging:
         shutil.copy2(model_dir / MODEL_NAME, staging / MODEL_NAME)
         step = manifest.training.step
-        info = export_discriminator(judged, staging, generator, manifest.image, step=step)
+        info = export_discriminator(discriminator, staging, generator, manifest.image, step=step)
         fitted = manifest.model_copy(update={
             "schema_version": SCHEMA_VERSION, "discriminator": info.model_copy(update={"fit": fit}), "gate": None,
         })  # fmt: skip

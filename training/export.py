@@ -14,15 +14,11 @@ and calibrates rejection sampling (``service.drs``) on a burn-in of G's samples:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
-import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,22 +42,22 @@ from service.manifest import (
     write_manifest,
 )
 from service.runtime import GeneratorRuntime
+from training.artifacts import export_onnx, staged, to_bytes, to_unit
 from training.checkpoint import load_checkpoint
 from training.config import RunConfig
 from training.losses import LOSSES
 from training.networks import Discriminator, Generator
-from training.sampler import OPSET, with_sampler
+from training.sampler import with_sampler
 
 __all__ = [
     "BURN_IN",
     "PARITY_BATCHES",
     "ExportError",
-    "Judged",
+    "ServedDiscriminator",
     "export_checkpoint",
     "export_discriminator",
     "export_module",
     "parity",
-    "staged",
     "upgrade",
 ]
 
@@ -79,7 +75,7 @@ class ExportError(GanserveError, RuntimeError):
     """The exported graph does not reproduce PyTorch, or cannot be written."""
 
 
-class Judged(nn.Module):
+class ServedDiscriminator(nn.Module):
     """D behind G's output contract: uint8 NHWC -> [-1, 1] NCHW float, as the training data was fed to it."""
 
     def __init__(self, d: nn.Module, conditional: bool) -> None:
@@ -87,11 +83,11 @@ class Judged(nn.Module):
         self.d, self.conditional = d, conditional
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
+        x = to_unit(images, channels_last=True)
         return self.d(x, labels) if self.conditional else self.d(x)
 
 
-class _Served(nn.Module):
+class _ServedGenerator(nn.Module):
     """G plus the post-processing every caller repeats: [-1, 1] NCHW float -> uint8 NHWC, rounded.
 
     A second output, ``finite``, flags per image whether G's float output was free of NaN and Inf, which the cast
@@ -104,8 +100,7 @@ class _Served(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.g(z, labels) if self.conditional else self.g(z)
-        images = ((x + 1.0) * 127.5 + 0.5).clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
-        return images, torch.isfinite(x).flatten(1).all(dim=1)
+        return to_bytes(x), torch.isfinite(x).flatten(1).all(dim=1)
 
 
 def export_module(
@@ -123,19 +118,12 @@ def export_module(
     _check_new(out_dir)  # before the exporter's seconds of work
     g = g.eval()
     conditional = bool(class_names)
-    served = _Served(g, conditional).eval()
+    served = _ServedGenerator(g, conditional).eval()
     z = torch.from_numpy(latents_for_seeds(range(2), latent_dim))
     args = (z, torch.zeros(2, dtype=torch.int64)) if conditional else (z,)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = ({0: batch}, {0: batch}) if conditional else ({0: batch},)
     names = ["z", "labels"] if conditional else ["z"]
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter warns and prints at length about what does not apply here
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(
-                served, args, Path(tmp) / "core.onnx", dynamo=True, opset_version=OPSET, input_names=names,
-                output_names=["images", "finite"], dynamic_shapes=dynamic, external_data=False, verbose=False,
-            )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(served, args, Path(tmp) / "core.onnx", inputs=names, outputs=["images", "finite"])
         core = onnx.load(Path(tmp) / "core.onnx")
     model = with_sampler(core, latent_dim=latent_dim, classes=len(class_names))
 
@@ -149,38 +137,34 @@ def export_module(
         sha256="", latent_dim=latent_dim, image=image, class_names=list(class_names), inputs=_inputs(conditional),
         training=training, parity_levels=0,
     )  # fmt: skip
-    judge = (
+    with_discriminator = (
         None
         if discriminator is None
         else lambda staging, runtime: export_discriminator(
-            Judged(discriminator.eval(), conditional).eval(),
+            ServedDiscriminator(discriminator.eval(), conditional).eval(),
             staging,
             runtime,
             image,
             step=training.step if training else 0,
         )
     )
-    return _write(model, manifest, out_dir, reference, against="PyTorch", judge=judge)
+    return _write(model, manifest, out_dir, reference, against="PyTorch", with_discriminator=with_discriminator)
 
 
-def export_discriminator(judged: Judged, folder: Path, runtime: GeneratorRuntime, image: ImageSpec, *, step: int):
+def export_discriminator(
+    discriminator: ServedDiscriminator, folder: Path, runtime: GeneratorRuntime, image: ImageSpec, *, step: int
+):
     """Write ``discriminator.onnx`` into ``folder``, check it against PyTorch on G's parity images, and calibrate
     rejection sampling on a burn-in of G's samples; its manifest entry, or ExportError."""
     import onnxruntime as ort
 
-    conditional = judged.conditional
+    conditional = discriminator.conditional
     example = (torch.zeros(2, image.height, image.width, image.channels, dtype=torch.uint8),)
     if conditional:
         example += (torch.zeros(2, dtype=torch.int64),)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     path = folder / DISCRIMINATOR_NAME
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            judged, example, path, dynamo=True, opset_version=OPSET,
-            input_names=["images", "labels"] if conditional else ["images"], output_names=["logit"],
-            dynamic_shapes=({0: batch}, {0: batch}) if conditional else ({0: batch},), external_data=False,
-        )  # fmt: skip
+    export_onnx(discriminator, example, path, inputs=["images", "labels"] if conditional else ["images"],
+                outputs=["logit"])  # fmt: skip
     onnx.checker.check_model(onnx.load(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -188,14 +172,15 @@ def export_discriminator(judged: Judged, folder: Path, runtime: GeneratorRuntime
         feeds = {"images": drawn.images, **({"labels": drawn.labels} if conditional else {})}
         return session.run(["logit"], feeds)[0]
 
-    worst = 0.0
-    for n in PARITY_BATCHES:
-        drawn = runtime.generate(np.arange(1000, 1000 + n, dtype=np.int64))
+    def relative(seeds: np.ndarray) -> float:
+        drawn = runtime.generate(seeds)
         with torch.no_grad():
             labels = torch.from_numpy(drawn.labels) if conditional else None
-            expected = judged(torch.from_numpy(drawn.images), labels).numpy()
+            expected = discriminator(torch.from_numpy(drawn.images), labels).numpy()
         got = logits(drawn)
-        worst = max(worst, float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)))))
+        return float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected))))
+
+    worst = _worst(relative, 0.0)
     if not worst <= LOGIT_PARITY:  # NaN too
         raise ExportError(f"the discriminator's ONNX logits differ from PyTorch by {worst:.3g} (relative; allowed: "
                           f"{LOGIT_PARITY}); nothing written")  # fmt: skip
@@ -213,7 +198,7 @@ def export_discriminator(judged: Judged, folder: Path, runtime: GeneratorRuntime
 def upgrade(source: Path, out_dir: Path) -> Manifest:
     """A model folder exported under latent protocol v1 (its graph takes ``z``), re-exported into ``out_dir`` with
     the sampler in front: the same weights, now drawing by this protocol. Its gate report does not carry over:
-    seeds draw other images now, so judge it again."""
+    seeds draw other images now, so gate it again."""
     import onnxruntime as ort
 
     _check_new(out_dir)
@@ -245,10 +230,10 @@ def _inputs(conditional: bool) -> dict[str, str]:
 
 
 def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference, *, against: str,
-           judge=None) -> Manifest:  # fmt: skip
+           with_discriminator=None) -> Manifest:  # fmt: skip
     """Check ``model``, write it with its manifest into a staging folder, measure parity through the serving
-    runtime against ``reference(seeds, truncation)``, add the discriminator (``judge(staging, runtime)`` writes it
-    and returns its manifest entry), and move the folder into place whole, or write nothing."""
+    runtime against ``reference(seeds, truncation)``, add the discriminator (``with_discriminator(staging,
+    runtime)`` writes it and returns its manifest entry), and move the folder into place whole, or write nothing."""
     onnx.checker.check_model(model, full_check=True)
     with staged(out_dir, prefix=".export-") as staging:
         onnx_path = staging / MODEL_NAME
@@ -259,8 +244,8 @@ def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference,
         if worst > 1:
             raise ExportError(f"ONNX output differs from {against} by {worst} levels (allowed: 1); nothing written")
         manifest = read_manifest(staging).model_copy(update={"parity_levels": worst})
-        if judge is not None:
-            manifest = manifest.model_copy(update={"discriminator": judge(staging, runtime)})
+        if with_discriminator is not None:
+            manifest = manifest.model_copy(update={"discriminator": with_discriminator(staging, runtime)})
         write_manifest(staging, manifest)
     log.info(
         "exported %s (%.1f MB), parity within %d level(s)", out_dir, (out_dir / MODEL_NAME).stat().st_size / 1e6, worst
@@ -268,34 +253,26 @@ def _write(model: onnx.ModelProto, manifest: Manifest, out_dir: Path, reference,
     return manifest
 
 
-@contextlib.contextmanager
-def staged(out_dir: Path, *, prefix: str) -> Iterator[Path]:
-    """A staging folder beside ``out_dir`` (so the rename stays on one disk), moved into place whole when the block
-    ends without error, removed whatever happens: the folder appears whole or not at all."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
-    try:
-        yield staging
-        if out_dir.exists():
-            out_dir.rmdir()  # an empty folder the caller made; a full one was refused before the work
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def parity(runtime: GeneratorRuntime, reference) -> int:
-    """Largest |reference - runtime| in uint8 levels over several batch sizes, the same seeds, half of them
-    truncated: the runtime draws its latents in the graph, the reference from the numpy reference."""
-    worst = 0
-    for n in PARITY_BATCHES:
-        seeds = np.arange(1000, 1000 + n, dtype=np.int64)
+    """Largest |reference - runtime| in uint8 levels over the parity batches, half of each truncated: the runtime
+    draws its latents in the graph, the reference from the numpy reference."""
+
+    def levels(seeds: np.ndarray) -> int:
+        n = len(seeds)
         truncation = np.where(np.arange(n) % 2, np.float32(PARITY_TRUNCATION), np.float32(np.inf)).astype(np.float32)
         got = runtime.generate(seeds, truncation=truncation).images.astype(np.int16)
         expected = reference(seeds, truncation).astype(np.int16)
         if got.shape != expected.shape:
             raise ExportError(f"ONNX output shape {got.shape} differs from the reference {expected.shape} at batch {n}")
-        worst = max(worst, int(np.abs(got - expected).max()))
-    return worst
+        return int(np.abs(got - expected).max())
+
+    return _worst(levels, 0)
+
+
+def _worst(difference: Callable[[np.ndarray], float], start: float) -> float:
+    """The largest of ``start`` and ``difference(seeds)`` over ``PARITY_BATCHES``: the same first seeds at each
+    batch size, so an image that changes with the size of its batch shows. Both parity checks, G's and D's."""
+    return max(start, *(difference(np.arange(1000, 1000 + n, dtype=np.int64)) for n in PARITY_BATCHES))
 
 
 def export_checkpoint(source: Path, out_dir: Path, *, ema: bool = True) -> Manifest:
@@ -315,7 +292,7 @@ def export_checkpoint(source: Path, out_dir: Path, *, ema: bool = True) -> Manif
     d = None
     if LOSSES[cfg.loss.name].probabilistic:  # a logistic D's logit estimates log(p_data / p_g); a critic's does not
         d = Discriminator(cfg.model)
-        d.load_state_dict(state["D"])  # the D of the same step, judging this G
+        d.load_state_dict(state["D"])  # the D of the same step, scoring this G
     else:
         log.info("not exporting the run's %s critic: its score is no density ratio; for rejection sampling, fit a "
                  "D with: ganserve fit-discriminator %s --out DIR", cfg.loss.name, out_dir)  # fmt: skip

@@ -2,11 +2,13 @@
 
 - ``nonsaturating``: the minimax value V(D, G) for D; G maximises log D(G(z)) instead of minimising
   log(1 - D(G(z))), which keeps its gradient alive early on (Goodfellow et al. 2014).
-- ``wgan``: the Wasserstein critic with weight clipping (Arjovsky et al. 2017); the clipping is done by the loop.
+- ``wgan``: the Wasserstein critic with weight clipping (Arjovsky et al. 2017).
 - ``wgan-gp``: the same critic with a gradient penalty instead of clipping (Gulrajani et al. 2017).
 - ``hinge``: hinge loss for D, meant for a spectrally normalised D (Miyato et al. 2018).
 
-``lecam_penalty`` is a regulariser that any of them can add to D's loss (``loss.lecam``).
+Each entry says what else its objective asks of the training step (``Loss.penalty``, ``Loss.clip``), so the step
+reads the entry, never the loss's name. ``lecam_penalty`` is a regulariser that any of them can add to D's loss
+(``loss.lecam``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "Loss", "gradient_penalty", "lecam_penalty"]
+__all__ = ["LOSSES", "Loss", "clip_weights", "gradient_penalty", "lecam_penalty"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Loss:
     d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores on real, scores on fake) -> scalar
     g_loss: Callable[[torch.Tensor], torch.Tensor]  # scores on fake -> scalar
     probabilistic: bool  # scores are logits of D(x) = P(real), so sigmoid(score) is meaningful
+    penalty: bool = False  # D's loss adds ``LossConfig.gp_weight`` x ``gradient_penalty`` (WGAN-GP)
+    clip: bool = False  # after each D step, D's weights are clipped to +-``LossConfig.clip`` (``clip_weights``, WGAN)
 
 
 def _ns_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -51,8 +55,8 @@ def _hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 LOSSES: dict[str, Loss] = {
     "nonsaturating": Loss(_ns_d, _ns_g, probabilistic=True),
-    "wgan": Loss(_critic_d, _critic_g, probabilistic=False),
-    "wgan-gp": Loss(_critic_d, _critic_g, probabilistic=False),
+    "wgan": Loss(_critic_d, _critic_g, probabilistic=False, clip=True),
+    "wgan-gp": Loss(_critic_d, _critic_g, probabilistic=False, penalty=True),
     "hinge": Loss(_hinge_d, _critic_g, probabilistic=False),
 }
 
@@ -69,6 +73,13 @@ def gradient_penalty(
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat, labels).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+@torch.no_grad()
+def clip_weights(net: torch.nn.Module, bound: float) -> None:
+    """Every weight of ``net`` clipped to [-bound, bound] in place: WGAN's crude Lipschitz constraint on its critic."""
+    for p in net.parameters():
+        p.clamp_(-bound, bound)
 
 
 def lecam_penalty(

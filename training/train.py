@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from service.imaging import to_uint8
 from service.latents import labels_for_seeds, latents_for_seeds
-from training.artifacts import StatsLog, new_run_dir, plot_losses, save_grid
+from training.artifacts import StatsLog, new_run_dir, plot_losses, save_grid, to_unit
 from training.augment import ada_step, augment
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig
 from training.data import Splits, load_splits
-from training.losses import LOSSES, gradient_penalty, lecam_penalty
+from training.losses import LOSSES, clip_weights, gradient_penalty, lecam_penalty
 from training.networks import build_networks
 
 __all__ = ["RESUMABLE_KEYS", "draw", "planned_steps", "resume", "train"]
@@ -271,8 +271,7 @@ class _Trainer:
         idx = order[start : start + self.local_batch]
         self.batch += 1
         images = self.images[idx.to(self.images.device)].to(self.proc.device)  # a no-op when the set is there
-        images = images.float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1], as G's tanh
-        images = images.contiguous(memory_format=self.memory_format)
+        images = to_unit(images).contiguous(memory_format=self.memory_format)  # [-1, 1], as G's tanh
         return images, None if self.labels is None else self.labels[idx]
 
     def _train_step(self, order: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -292,7 +291,7 @@ class _Trainer:
                 d_real = self.D_train(real_seen, labels)
                 d_fake = self.D_train(fake_seen, labels)
                 loss_d = loss.d_loss(d_real.float(), d_fake.float())
-                if cfg.loss.name == "wgan-gp":
+                if loss.penalty:
                     penalty = gradient_penalty(self.D_train, labels, real_seen, fake_seen, self.noise)
                     loss_d = loss_d + cfg.loss.gp_weight * penalty
                 if cfg.loss.lecam > 0:
@@ -301,10 +300,8 @@ class _Trainer:
             self.opt_D.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_D.step()
-            if cfg.loss.name == "wgan":
-                with torch.no_grad():
-                    for p in self.D.parameters():
-                        p.clamp_(-cfg.loss.clip, cfg.loss.clip)
+            if loss.clip:
+                clip_weights(self.D, cfg.loss.clip)
 
         fake_seen = self._augment(fake)  # fresh draws; G's gradient flows back through the augmentation
         with self.autocast:

@@ -23,14 +23,9 @@ images, the generator's own output layout, and returns ``features`` (and ``logit
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import math
-import shutil
-import tempfile
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -44,6 +39,7 @@ from tqdm.auto import tqdm
 
 from service.errors import GanserveError, problems
 from service.manifest import file_sha256
+from training.artifacts import export_onnx, staged, to_unit
 from training.config import DataConfig
 from training.data import Splits, load_splits
 
@@ -157,7 +153,7 @@ class _Body(nn.Module):
         return torch.cat([h1.mean((2, 3)), h2.mean((2, 3)), self.embed(h2)], 1)
 
 
-class _Served(nn.Module):
+class _ServedEvaluator(nn.Module):
     """uint8 NHWC in, (features[, logits]) out: the generator's output feeds straight in. A classifier serves its
     embedding (and logits). A contrastive evaluator serves ``_Body.multiscale``, standardised per dimension with the
     training split's mean and sd (``standardise``): its learned dimensions have no common scale, and FID, a sum of
@@ -171,7 +167,7 @@ class _Served(nn.Module):
         self.register_buffer("scale", torch.ones(0))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
+        x = to_unit(images, channels_last=True)
         if self.head is None:
             features = self.body.multiscale(x)
             return ((features - self.shift) / self.scale,) if self.shift.numel() else (features,)
@@ -248,7 +244,7 @@ def train_evaluator(cfg: EvaluatorConfig, out_dir: Path, *, progress: bool = Tru
     body = _Body(cfg, cfg.data.channels, cfg.data.image_size)
     trainer = (_ClassifierTrainer if method == "classifier" else _ContrastiveTrainer)(cfg, body, splits)
     steps = trainer.fit(progress)
-    served = _Served(body, getattr(trainer, "head", None)).eval()
+    served = _ServedEvaluator(body, getattr(trainer, "head", None)).eval()
     if method == "contrastive":
         served.standardise(splits.train.images[:5000].permute(0, 2, 3, 1))
     heldout = splits.heldout.images.permute(0, 2, 3, 1).contiguous()
@@ -256,8 +252,8 @@ def train_evaluator(cfg: EvaluatorConfig, out_dir: Path, *, progress: bool = Tru
     if accuracy is not None:
         log.info("evaluator held-out accuracy %.4f after %d steps", accuracy, steps)
 
-    staging = Path(tempfile.mkdtemp(prefix=".evaluator-"))
-    try:
+    # file by file into ``out_dir``, which may exist: ``train-evaluator``'s default is the shipped one's folder
+    with staged(out_dir, prefix=".evaluator-", files=(ONNX_NAME, "manifest.json")) as staging:
         _export(served, heldout[:2], staging / ONNX_NAME, labelled=method == "classifier")
         manifest = EvaluatorManifest(
             sha256=file_sha256(staging / ONNX_NAME), method=method, image_size=cfg.data.image_size,
@@ -276,31 +272,21 @@ def train_evaluator(cfg: EvaluatorConfig, out_dir: Path, *, progress: bool = Tru
                     f"the evaluator failed its self-test after {steps} steps ({'; '.join(result['failures'])}); "
                     "train longer (--set max_steps=..., min_steps=...) or wider (--set width=...)"
                 )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (ONNX_NAME, "manifest.json"):
-            shutil.move(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
 @torch.no_grad()
-def _feature_dim(served: _Served, example: torch.Tensor) -> int:
+def _feature_dim(served: _ServedEvaluator, example: torch.Tensor) -> int:
     return served(example)[0].shape[1]
 
 
-def _export(served: _Served, example: torch.Tensor, path: Path, *, labelled: bool) -> None:
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporter warns and prints at length about what does not apply here
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        torch.onnx.export(
-            served, (example,), path, dynamo=True, input_names=["images"],
-            output_names=["features", "logits"] if labelled else ["features"], dynamic_shapes=({0: batch},),
-            external_data=False,
-        )  # fmt: skip
+def _export(served: _ServedEvaluator, example: torch.Tensor, path: Path, *, labelled: bool) -> None:
+    # the gate scores whole image sets at once: a larger batch than a served generator's
+    export_onnx(served, (example,), path, inputs=["images"],
+                outputs=["features", "logits"] if labelled else ["features"], max_batch=65536)  # fmt: skip
 
 
-class _Trainer:
+class _EvaluatorTrainer:
     """The step loop both methods share: Adam, a short warm-up, a step budget and a plateau rule."""
 
     higher_is_better = True
@@ -363,13 +349,13 @@ class _Trainer:
         return self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.images[idx].float() / 127.5 - 1.0
+        x = to_unit(self.images[idx])
         if self.cfg.flip and torch.rand((), generator=self.gen) < 0.5:
             x = x.flip(-1)
         return x
 
 
-class _ClassifierTrainer(_Trainer):
+class _ClassifierTrainer(_EvaluatorTrainer):
     """Cross-entropy on the classes; the plateau rule watches validation accuracy."""
 
     def __init__(self, cfg: EvaluatorConfig, body: _Body, splits: Splits) -> None:
@@ -388,16 +374,16 @@ class _ClassifierTrainer(_Trainer):
     def validate(self) -> float:
         self.body.eval()
         self.head.eval()
-        x = self.images[self.val_idx].float() / 127.5 - 1.0
+        x = to_unit(self.images[self.val_idx])
         return (self.head(self.body(x)).argmax(1) == self.labels[self.val_idx]).float().mean().item()
 
     @torch.no_grad()
-    def heldout_accuracy(self, served: _Served, heldout: torch.Tensor) -> float:
+    def heldout_accuracy(self, served: _ServedEvaluator, heldout: torch.Tensor) -> float:
         logits = torch.cat([served(heldout[i : i + 1000])[1] for i in range(0, len(heldout), 1000)])
         return (logits.argmax(1) == self.heldout_labels).float().mean().item()
 
 
-class _ContrastiveTrainer(_Trainer):
+class _ContrastiveTrainer(_EvaluatorTrainer):
     """SimCLR: the NT-Xent loss between two views of each image; the plateau rule watches the loss on a fixed
     validation set with fixed views."""
 
@@ -410,14 +396,14 @@ class _ContrastiveTrainer(_Trainer):
             nn.Linear(cfg.feature_dim, cfg.feature_dim), nn.ReLU(inplace=True), nn.Linear(cfg.feature_dim, 64)
         )
         val_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        val = self.images[self.val_idx[:512]].float() / 127.5 - 1.0
+        val = to_unit(self.images[self.val_idx[:512]])
         self.val_views = (views(val, val_gen, flip=cfg.flip), views(val, val_gen, flip=cfg.flip))
 
     def parameters(self) -> list[nn.Parameter]:
         return [*self.body.parameters(), *self.head_proj.parameters()]
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.images[idx].float() / 127.5 - 1.0
+        x = to_unit(self.images[idx])
         a, b = views(x, self.gen, flip=self.cfg.flip), views(x, self.gen, flip=self.cfg.flip)
         return nt_xent(self.head_proj(self.body(a)), self.head_proj(self.body(b)), self.cfg.temperature)
 

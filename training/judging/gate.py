@@ -458,6 +458,7 @@ def _own_discriminator(checkpoint: Path, splits: Splits, model: GeneratorRuntime
     """The GAN's own trained D on held-out real vs generated images: a diagnostic, never a gate."""
     import torch
 
+    from training.artifacts import to_unit
     from training.checkpoint import load_checkpoint
     from training.config import RunConfig
     from training.networks import Discriminator
@@ -470,8 +471,8 @@ def _own_discriminator(checkpoint: Path, splits: Splits, model: GeneratorRuntime
     drawn = sample(model, range(cfg.seed, cfg.seed + n))
     images, labels = drawn.images, drawn.labels
     conditional = labels is not None
-    real_x = splits.heldout.images[:n].float() / 127.5 - 1
-    fake_x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    real_x = to_unit(splits.heldout.images[:n])
+    fake_x = to_unit(torch.from_numpy(images), channels_last=True)
     with torch.no_grad():  # each image is scored with its own label: the true one, or the one it was drawn for
         real = d(real_x, splits.heldout.labels[:n] if conditional else None).numpy()
         fake = d(fake_x, torch.from_numpy(labels) if conditional else None).numpy()

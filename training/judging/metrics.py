@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.artifacts import to_unit
+
 __all__ = [
     "class_coverage",
     "cluster_count",
@@ -28,6 +30,7 @@ __all__ = [
     "ndb",
     "nearest_centre",
     "nearest_neighbour_distances",
+    "pixel_fractions",
     "pixel_guards",
     "pixel_judge",
     "precision_recall",
@@ -36,8 +39,10 @@ __all__ = [
 LOG4 = math.log(4.0)
 
 
-def _as_unit(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+def pixel_fractions(images: np.ndarray) -> np.ndarray:
+    """uint8 images as float32 fractions of full scale, [0, 1], same shape: for figures on the raw pixels
+    (distances, quantiles). No network reads these; what networks read is ``training.artifacts.to_unit``'s [-1, 1]."""
+    return images.astype(np.float32) / 255.0
 
 
 # --- hard guards --------------------------------------------------------------------------------------------------
@@ -149,12 +154,13 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> dict[
 
 def nearest_neighbour_distances(queries: np.ndarray, reference: np.ndarray, *, chunk: int = 2000) -> np.ndarray:
     """Pixel-space L2 (pixels in [0, 1]) from each query image to its nearest reference image."""
-    q = torch.from_numpy(_as_unit(queries))
+    q = torch.from_numpy(pixel_fractions(queries).reshape(len(queries), -1))
     out = []
     for start in range(0, len(q), chunk):
         best = torch.full((len(q[start : start + chunk]),), float("inf"))
         for ref_start in range(0, len(reference), 20_000):
-            ref = torch.from_numpy(_as_unit(reference[ref_start : ref_start + 20_000]))
+            part = reference[ref_start : ref_start + 20_000]
+            ref = torch.from_numpy(pixel_fractions(part).reshape(len(part), -1))
             best = torch.minimum(best, torch.cdist(q[start : start + chunk], ref).min(1).values)
         out.append(best)
     return torch.cat(out).numpy()
@@ -217,7 +223,7 @@ def pixel_judge(
 
     n = min(len(real), len(fake))
     size, channels = real.shape[1], real.shape[3]
-    to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
+    to_tensor = lambda a: to_unit(torch.from_numpy(a), channels_last=True)  # noqa: E731
     accs, bounds = [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)

@@ -118,7 +118,7 @@ def pixel_groups(images: np.ndarray, *, k: int, seed: int) -> np.ndarray:
     Measured on 1,000 shapes on noise (bench/small_gate.py), NDB's clusters that differ, of 20 (limit 3.9), after
     three or four random drops: the images at 8x8 in 8 groups (which sort by place) 0, 0, 5; these quantiles in 8
     groups 7, 7, 8 on one draw of the folder but 6, 1, 5, 3 on another; in ``GROUPS`` = 4, 7, 9, 8, 11 there."""
-    x = torch.from_numpy(images).float().flatten(1, 2) / 255
+    x = torch.from_numpy(metrics.pixel_fractions(images)).flatten(1, 2)
     q = torch.quantile(x, torch.linspace(0.05, 0.95, 16), dim=1).permute(1, 0, 2).flatten(1).numpy()
     return metrics.nearest_centre(q, metrics.kmeans(q, k, seed=seed))
 
