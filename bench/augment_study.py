@@ -33,7 +33,7 @@ from training.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_generator
 from training.config import RunConfig
 from training.data import load_splits
 from training.judging import metrics
-from training.judging.evaluator import Evaluator, evaluator_for
+from training.judging.evaluator import EVALUATORS, Evaluator, evaluator_for
 from training.judging.reference import reference_images
 from training.networks import Discriminator
 from training.train import draw, resume, train
@@ -199,7 +199,7 @@ def main() -> None:
     measures = {}
     for data in args.data:  # every folder's evaluator first: the retrain job's, trained once and kept
         cfg = choose_recipe(data, []).config
-        measures[data] = Measure(cfg, evaluator_for(cfg.data, store=args.runs / "evaluators", progress=False))
+        measures[data] = Measure(cfg, evaluator_for(cfg.data, store=args.runs / EVALUATORS, progress=False))
     rows = [] if args.done is None else [json.loads(line) for line in args.done.read_text().splitlines() if line]
     done = {(r["data"], r["variant"], r["seed"]) for r in rows}
     partial = args.out.with_suffix(".partial.jsonl")

@@ -24,6 +24,7 @@ from pathlib import Path
 from common import bench_parser, write_results
 
 from training.config import load_config
+from training.judging.evaluator import EVALUATORS
 from training.judging.gate import GateConfig, evaluate
 
 # where the gate spends its time: a stage's label, then the module file and the function whose cumulative time it is
@@ -56,7 +57,7 @@ def run_case(name: str, model: Path, config: Path, *, samples: int, runs_dir: Pa
         profile = cProfile.Profile()
         started = time.perf_counter()
         profile.enable()
-        report = evaluate(model, production=against, data=data, evaluators=runs_dir / "evaluators",
+        report = evaluate(model, production=against, data=data, evaluators=runs_dir / EVALUATORS,
                           cfg=GateConfig(samples=samples))  # fmt: skip
         profile.disable()
         wall = time.perf_counter() - started

@@ -37,7 +37,7 @@ from service.manifest import ImageSpec
 from service.runtime import GeneratorRuntime
 from training.config import MAX_HOLDOUT_FRACTION
 from training.export import export_module
-from training.judging.evaluator import evaluator_for
+from training.judging.evaluator import EVALUATORS, evaluator_for
 from training.judging.gate import MIN_HELDOUT, MIN_REFERENCE, GateConfig, evaluate
 
 SIZE = 32
@@ -110,7 +110,7 @@ def run(count: int, draw: int, work: Path) -> dict:
     row: dict = {"images": count, "draw": draw, "holdout_fraction": data.holdout_fraction, "heldout": None,
                  "selftest": None}  # fmt: skip
     try:
-        evaluator = evaluator_for(data, store=work / "evaluators", progress=False)
+        evaluator = evaluator_for(data, store=work / EVALUATORS, progress=False)
     except GanserveError as err:
         return row | {"selftest": "failed", "why": str(err)[:300], "seconds": round(time.perf_counter() - started)}
     row["selftest"] = "passed"

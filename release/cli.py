@@ -34,6 +34,7 @@ def evaluate(
     Exit status: 0 pass, 3 reject, 2 cannot judge (the message says why)."""
     from release.report import write_report
     from training.config import apply_overrides, load_config
+    from training.judging.evaluator import EVALUATORS
     from training.judging.gate import GateConfig
     from training.judging.gate import evaluate as run_gate
 
@@ -42,7 +43,7 @@ def evaluate(
         production = _resolve_against(against, line)
         cfg = validated(GateConfig, apply_overrides({}, overrides))
         data = load_config(config).data if config is not None else None
-        report = run_gate(model, evaluator=evaluator, evaluators=runs_dir / "evaluators", production=production,
+        report = run_gate(model, evaluator=evaluator, evaluators=runs_dir / EVALUATORS, production=production,
                           data=data, checkpoint=checkpoint, cfg=cfg)  # fmt: skip
         write_report(model, report)
     _verdict(report["decision"], report["reasons"], model / "report.md")

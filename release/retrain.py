@@ -22,7 +22,7 @@ from training.artifacts import new_run_dir
 from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from training.config import RunConfig
 from training.export import export_checkpoint
-from training.judging.evaluator import evaluator_for
+from training.judging.evaluator import EVALUATORS, evaluator_for
 from training.judging.gate import GateConfig, evaluate
 from training.train import planned_steps, resume, train
 
@@ -57,7 +57,7 @@ def retrain(
     state_path = runs_dir / f"retrain-{cfg.name}{line}.json"
     if evaluator is None:  # the one for this data (shipped, or kept under runs_dir/evaluators by the data's key);
         # found or trained first, so a job whose data no evaluator can judge stops before it trains a generator
-        evaluator = evaluator_for(cfg.data, store=runs_dir / "evaluators", progress=progress)
+        evaluator = evaluator_for(cfg.data, store=runs_dir / EVALUATORS, progress=progress)
     config_sha = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     run_dir = Path(state["run_dir"]) if state.get("config_sha256") == config_sha else None

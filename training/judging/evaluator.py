@@ -44,6 +44,7 @@ from training.config import DataConfig
 from training.data import Splits, load_splits
 
 __all__ = [
+    "EVALUATORS",
     "Evaluator",
     "EvaluatorConfig",
     "EvaluatorError",
@@ -51,12 +52,14 @@ __all__ = [
     "data_key",
     "evaluator_for",
     "find_evaluator",
+    "store_folder",
     "train_evaluator",
 ]
 
 log = logging.getLogger("ganserve.evaluator")
 ONNX_NAME = "evaluator.onnx"
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "evaluator"  # Fashion-MNIST's, frozen in the repo
+EVALUATORS = "evaluators"  # RUNS / EVALUATORS: the store of the evaluators trained for other data, one per data key
 MAX_INPUT = 32  # larger images are average-pooled to at most this side first: 4x cheaper per 2x, same verdicts
 
 
@@ -445,10 +448,15 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     return F.cross_entropy(sim, target)
 
 
+def store_folder(store: Path, key: str) -> Path:
+    """Where ``store`` keeps the evaluator of the data whose key is ``key``."""
+    return Path(store) / key[:16]
+
+
 def _stored(data: DataConfig, store: Path) -> tuple[Path | None, Path]:
     """The evaluator whose data key matches ``data`` (shipped, or in ``store``), and where ``store`` keeps one."""
     key = data_key(load_splits(data), data)
-    folder = Path(store) / key[:16]
+    folder = store_folder(store, key)
     for candidate in (SHIPPED, folder):
         try:
             if EvaluatorManifest.model_validate_json((candidate / "manifest.json").read_text()).data_key == key:

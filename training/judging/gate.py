@@ -48,7 +48,7 @@ from service.runtime import Drawn, GeneratorRuntime
 from training.config import MAX_HOLDOUT_FRACTION, DataConfig
 from training.data import Splits, load_splits
 from training.judging import metrics
-from training.judging.evaluator import Evaluator, data_key, find_evaluator
+from training.judging.evaluator import EVALUATORS, Evaluator, data_key, find_evaluator, store_folder
 from training.judging.reference import Reference, reference_images, uses_all
 from training.judging.selftest import run_selftest
 
@@ -154,7 +154,7 @@ def evaluate(
     candidate: Path,
     *,
     evaluator: Path | None = None,
-    evaluators: Path = Path("runs/evaluators"),
+    evaluators: Path = Path("runs") / EVALUATORS,
     production: Path | None = None,
     data: DataConfig | None = None,
     checkpoint: Path | None = None,
@@ -220,7 +220,7 @@ def _open_evaluator(folder: Path | None, store: Path, splits: Splits, data: Data
         if folder is None:
             raise GateError(
                 f"no evaluator for this data in {store} (nor the shipped one): train one with "
-                f"ganserve train-evaluator --config RUN.yaml --out {store}/{data_key(splits, data)[:16]}, "
+                f"ganserve train-evaluator --config RUN.yaml --out {store_folder(store, data_key(splits, data))}, "
                 "or let ganserve retrain train it"
             )
     try:
