@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer, model_serializer
 
 from service.errors import GanserveError
 from service.latents import PROTOCOL
@@ -232,6 +232,12 @@ class Manifest(_Strict):
     @property
     def conditional(self) -> bool:
         return bool(self.class_names)
+
+    @field_serializer("gate", mode="wrap")
+    def _typed_gate(self, gate: Any, handler: SerializerFunctionWrapHandler) -> Any:
+        """A headline handed in as a dict by ``model_copy(update=...)``, which validates nothing, is checked as a
+        ``GateHeadline`` and written as one (its keys, no more), not passed through as whatever it holds."""
+        return handler(GateHeadline.model_validate(gate) if isinstance(gate, dict) else gate)
 
 
 def judged(manifest: Manifest, report: Mapping[str, Any], *, discriminator: bool = True) -> bool:

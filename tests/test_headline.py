@@ -65,6 +65,16 @@ def test_a_headline_with_fewer_keys_reads_and_writes_only_those():
         headline["drs"]  # not given: as the dict it was
 
 
+def test_a_headline_handed_in_as_a_dict_is_written_as_a_checked_headline(shipped, tmp_path):
+    """``model_copy(update=...)`` validates nothing: the dict is checked when written, and written as it was."""
+    manifest, _ = shipped
+    given = {"decision": "pass", "reasons": [], "fid": 1.0, "kid": 0.0, "feature_judge_accuracy": 0.5,
+             "pixel_judge_accuracy": 0.5}  # fmt: skip
+    assert json.loads(manifest.model_copy(update={"gate": given}).model_dump_json())["gate"] == given
+    with pytest.raises(ValueError, match="decision"):
+        manifest.model_copy(update={"gate": {**given, "decision": "maybe"}}).model_dump_json()
+
+
 def test_a_headline_refuses_keys_it_does_not_know():
     with pytest.raises(ValueError, match="extra"):
         GateHeadline.model_validate({"decision": "pass", "reasons": [], "fid": 1.0, "kid": 0.0, "fied": 1.0,
