@@ -38,7 +38,16 @@ from typing import Any
 
 from service.errors import GanserveError
 from service.lines import DEFAULT_LINE, candidate_name, check_line, line_of, ordered, production_name
-from service.manifest import DISCRIMINATOR_NAME, MANIFEST_NAME, MODEL_NAME, Manifest, ManifestError, read_manifest
+from service.manifest import (
+    DISCRIMINATOR_NAME,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    GateHeadline,
+    Manifest,
+    ManifestError,
+    judged,
+    read_manifest,
+)
 from service.rows import version_of
 from training.artifacts import move_into_place, staging_folder
 
@@ -76,14 +85,14 @@ def verified_report(folder: Path) -> tuple[Manifest, dict | None, str]:
         return manifest, None, "not judged"
     try:
         report = json.loads(path.read_text())
-        judged, decision = report["candidate"]["sha256"], report["decision"]
+        sha256, decision = report["candidate"]["sha256"], report["decision"]
     except (ValueError, TypeError, KeyError) as err:
         raise RegistryError(f"{path} is not a gate report ({type(err).__name__}: {err})") from None
-    if judged != manifest.sha256:
+    if not judged(manifest, report, discriminator=False):  # the decision is about G's images, whatever D it had
         return (
             manifest,
             None,
-            f"not judged: its report judged {version_of(str(judged))}, not this file ({version_of(manifest.sha256)})",
+            f"not judged: its report judged {version_of(str(sha256))}, not this file ({version_of(manifest.sha256)})",
         )
     return manifest, report, decision
 
@@ -95,24 +104,20 @@ def _verified(folder: Path) -> Manifest:
         raise RegistryError(f"refusing a model that fails verification: {err}") from None
 
 
-def model_metadata(manifest: Any, report: dict | None, decision: str | None = None) -> dict[str, Any]:
+def model_metadata(manifest: Manifest, report: dict | None, decision: str | None = None) -> dict[str, Any]:
     """What ``ganserve models`` shows of a model: its hash, run, and the gate's decision and headline figures
-    (those it has: BentoML's metadata takes no None)."""
-    figures = (report or {}).get("figures", {}).get("candidate", {})
-    drs = (report or {}).get("figures", {}).get("drs", {})
-    d = getattr(manifest, "discriminator", None)
-    if (report or {}).get("candidate", {}).get("discriminator_sha256") != (d.sha256 if d else None):
-        drs = {}  # the report judged DRS with another discriminator than this folder's
+    (those it has: BentoML's metadata takes no None), read from the report's headline (``GateHeadline``); its DRS
+    verdict only when the report judged this folder's D too."""
+    headline = GateHeadline.from_report(report) if report is not None and "figures" in report else None
+    drs = headline.drs if headline is not None and judged(manifest, report) else None
     shown = {
         "sha256": manifest.sha256,
         "run_id": manifest.training.run_id if manifest.training else None,
         "step": manifest.training.step if manifest.training else None,
         "decision": decision or (report["decision"] if report else "not judged"),
-        "fid": figures.get("fid"),
-        "feature_judge_accuracy": figures.get("feature_judge", {}).get("accuracy"),
-        "pixel_judge_accuracy": figures.get("pixel_judge", {}).get("accuracy"),
-        "drs": drs.get("verdict"),
-        "fid_drs": drs.get("fid", {}).get("drs"),
+        **{k: getattr(headline, k) for k in GateHeadline.RECORDED if headline is not None},
+        "drs": drs.verdict if drs is not None else None,
+        "fid_drs": drs.fid.drs if drs is not None and drs.fid is not None else None,
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items() if v is not None}
 

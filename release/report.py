@@ -8,58 +8,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from service.manifest import write_manifest
+from service.manifest import GateHeadline, judged, write_manifest
 from training.artifacts import save_grid
-from training.judging.gate import DRS_SHOWN, discriminator_sha, open_model, sample
+from training.judging.gate import DRS_SHOWN, open_model, sample
 
 __all__ = ["write_report"]
-
-
-def _headline(report: dict) -> dict[str, Any]:
-    """What the model's manifest keeps of its report (``Manifest.gate``): the decision and headline figures, and
-    the DRS verdict the service takes its default sampler from."""
-    c, drs = report["figures"]["candidate"], report["figures"].get("drs")
-    return {
-        "decision": report["decision"],
-        "reasons": report["reasons"],
-        "fid": c["fid"],
-        "kid": c["kid"],
-        "class_entropy": c.get("class_entropy"),  # labelled data only
-        "feature_judge_accuracy": c["feature_judge"]["accuracy"],
-        "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
-        "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
-        "evaluator_sha256": report["evaluator"]["sha256"],
-        "against": report["production"]["sha256"] if report["production"] else None,
-        "drs": None
-        if drs is None
-        else {
-            "verdict": drs["verdict"],
-            "sampler": drs["sampler"],
-            "fid": {k: drs["fid"][k] for k in ("plain", "drs", "difference", "ci95")},
-            "feature_judge_accuracy": {k: drs["feature_judge"][k] for k in ("plain", "drs")},
-            "pixel_judge_accuracy": {k: drs["pixel_judge"][k] for k in ("plain", "drs")},
-            "coverage": drs["coverage"],
-            "max_candidates": drs["max_candidates"],
-            "candidates_per_image": drs["candidates_per_image"],
-            "fallback_share": drs["fallback_share"],
-        },
-    }
 
 
 def write_report(folder: Path, report: dict) -> None:
     """Write report.json, report.md and grid.png (the first judged seeds again, one class a column) beside the model,
     and the report's headline into its manifest when the report judged these very files (G, and D if any)."""
     model = open_model(folder)
-    judged = report["candidate"]
-    if (judged["sha256"], judged.get("discriminator_sha256")) == (
-        model.manifest.sha256,
-        discriminator_sha(model.manifest),
-    ):
-        write_manifest(folder, model.manifest.model_copy(update={"gate": _headline(report)}))
+    if judged(model.manifest, report):
+        write_manifest(folder, model.manifest.model_copy(update={"gate": GateHeadline.from_report(report)}))
     classes = len(model.manifest.class_names)
     first = report["seeds"]["first"]
     drawn = sample(model, range(first, first + (6 * classes if classes else 64)))

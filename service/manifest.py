@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer, model_serializer
 
 from service.errors import GanserveError
 from service.latents import PROTOCOL
@@ -29,11 +30,14 @@ __all__ = [
     "Calibration",
     "DiscriminatorFit",
     "DiscriminatorInfo",
+    "DrsHeadline",
+    "GateHeadline",
     "ImageSpec",
     "Manifest",
     "ManifestError",
     "TrainingInfo",
     "file_sha256",
+    "judged",
     "read_manifest",
     "write_manifest",
 ]
@@ -112,6 +116,104 @@ class DiscriminatorInfo(_Strict):
     fit: DiscriminatorFit | None = Field(None, description="None: the run's D as trained with G")
 
 
+class _Headline(_Strict):
+    """A headline as it was read or built: the keys it was given, and only those, are written back (a manifest
+    written before a key existed, or by hand, reads and writes unchanged, and /info shows it as it is)."""
+
+    @model_serializer(mode="wrap")
+    def _given_keys_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+    def __getitem__(self, key: str) -> Any:
+        """``headline["fid"]``, as code written against the untyped headline reads it; a key not given is a
+        KeyError, as in the dict it was."""
+        if key not in self.model_fields_set:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+class PlainDrs(_Strict):
+    plain: float
+    drs: float
+
+
+class DrsFid(PlainDrs):
+    difference: float = Field(description="DRS - plain")
+    ci95: tuple[float, float]
+
+
+class DrsHeadline(_Headline):
+    """The gate's second look, at the same seeds with rejection sampling: its verdict, the sampler a request without
+    one gets (``drs`` only where DRS helps), and the figures behind it. The gate writes every field; None is one a
+    hand-made headline left out."""
+
+    verdict: str
+    sampler: Literal["plain", "drs"]
+    fid: DrsFid | None = None
+    feature_judge_accuracy: PlainDrs | None = None
+    pixel_judge_accuracy: PlainDrs | None = None
+    coverage: PlainDrs | None = None
+    max_candidates: int | None = Field(None, ge=1, description="the candidate bound the verdict was judged at")
+    candidates_per_image: float | None = None
+    fallback_share: float | None = None
+
+
+class GateHeadline(_Headline):
+    """What a model's manifest keeps of its gate report: the decision, the headline figures and the DRS verdict the
+    service takes its default sampler from. Built from a report once, by ``from_report``: the manifest, the store's
+    metadata (``release.registry.model_metadata``) and the service read this one shape."""
+
+    RECORDED: ClassVar[tuple[str, ...]] = ("fid", "feature_judge_accuracy", "pixel_judge_accuracy")
+    """the figures the store's metadata records of each version under these names (``release.registry``), for
+    the history the service shows (``service.production.history``)"""
+
+    decision: Literal["pass", "reject"]
+    reasons: list[str]
+    fid: float
+    kid: float
+    class_entropy: float | None = Field(None, description="None: unlabelled data")
+    feature_judge_accuracy: float
+    pixel_judge_accuracy: float
+    jsd_lower_bound_nats: float | None = None
+    evaluator_sha256: str | None = None
+    against: str | None = Field(None, description="the production model's sha256 it was judged against, if any")
+    drs: DrsHeadline | None = Field(None, description="None: not judged with DRS (no discriminator)")
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> GateHeadline:
+        """The headline of a gate report (``training.judging.gate.evaluate``); every key given, so all are written."""
+        c, drs = report["figures"]["candidate"], report["figures"].get("drs")
+        return cls.model_validate(
+            {
+                "decision": report["decision"],
+                "reasons": report["reasons"],
+                "fid": c["fid"],
+                "kid": c["kid"],
+                "class_entropy": c.get("class_entropy"),  # labelled data only
+                "feature_judge_accuracy": c["feature_judge"]["accuracy"],
+                "pixel_judge_accuracy": c["pixel_judge"]["accuracy"],
+                "jsd_lower_bound_nats": c["pixel_judge"]["jsd_lower_bound_nats"],
+                "evaluator_sha256": report["evaluator"]["sha256"],
+                "against": report["production"]["sha256"] if report["production"] else None,
+                "drs": None if drs is None else _drs_headline(drs),
+            }
+        )
+
+
+def _drs_headline(drs: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "verdict": drs["verdict"],
+        "sampler": drs["sampler"],
+        "fid": {k: drs["fid"][k] for k in ("plain", "drs", "difference", "ci95")},
+        "feature_judge_accuracy": {k: drs["feature_judge"][k] for k in ("plain", "drs")},
+        "pixel_judge_accuracy": {k: drs["pixel_judge"][k] for k in ("plain", "drs")},
+        "coverage": drs["coverage"],
+        "max_candidates": drs["max_candidates"],
+        "candidates_per_image": drs["candidates_per_image"],
+        "fallback_share": drs["fallback_share"],
+    }
+
+
 class Manifest(_Strict):
     schema_version: Literal[1, 2] = SCHEMA_VERSION
     kind: Literal["ganserve.generator"] = "ganserve.generator"
@@ -125,12 +227,30 @@ class Manifest(_Strict):
     parity_levels: int = Field(ge=0, description="largest |reference - ONNX| over the export's parity batches")
     training: TrainingInfo | None = None
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    gate: dict[str, Any] | None = Field(None, description="the quality gate's decision and headline figures")
+    gate: GateHeadline | None = Field(None, description="the quality gate's decision and headline figures")
     discriminator: DiscriminatorInfo | None = None
 
     @property
     def conditional(self) -> bool:
         return bool(self.class_names)
+
+    @field_serializer("gate", mode="wrap")
+    def _typed_gate(self, gate: Any, handler: SerializerFunctionWrapHandler) -> Any:
+        """A headline handed in as a dict by ``model_copy(update=...)``, which validates nothing, is checked as a
+        ``GateHeadline`` and written as one (its keys, no more), not passed through as whatever it holds."""
+        return handler(GateHeadline.model_validate(gate) if isinstance(gate, dict) else gate)
+
+
+def judged(manifest: Manifest, report: Mapping[str, Any], *, discriminator: bool = True) -> bool:
+    """Whether a gate report judged these very files: G's sha256 and, with ``discriminator``, the same D as the
+    manifest names (or, like the model, none). The one rule for "did this report judge this model": its decision is
+    about G's own images, so a promotion asks for G alone (``discriminator=False``); its DRS figures, and so the
+    headline and the default sampler they set, hold only for the D they were measured with."""
+    candidate = report["candidate"]
+    if candidate["sha256"] != manifest.sha256:
+        return False
+    d = manifest.discriminator
+    return not discriminator or candidate.get("discriminator_sha256") == (None if d is None else d.sha256)
 
 
 def file_sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from service.lines import PRODUCTION_PREFIX, line_id, line_of, ordered, production_name
-from service.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
+from service.manifest import MANIFEST_NAME, MODEL_NAME, GateHeadline, ManifestError
 from service.rows import pack_images, unpack_request, version_of, widen
 from service.runtime import GeneratorRuntime
 
@@ -290,7 +290,7 @@ def lines_in_store() -> list[str]:
 
 def history(line: str) -> list[dict[str, Any]]:
     """The line's promotions still in the store, oldest first, with the gate figures recorded when each was
-    promoted; ``current`` marks production."""
+    stored (``GateHeadline.RECORDED``, as the store's metadata keeps them); ``current`` marks production."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -306,7 +306,6 @@ def history(line: str) -> list[dict[str, Any]]:
         shown.append({
             "version": m.tag.version, "model_version": version_of(str(meta.get("sha256", ""))),
             "created": m.creation_time.isoformat(timespec="seconds"), "decision": meta.get("decision"),
-            "fid": meta.get("fid"), "feature_judge_accuracy": meta.get("feature_judge_accuracy"),
-            "pixel_judge_accuracy": meta.get("pixel_judge_accuracy"), "current": m.tag.version == current,
+            **{k: meta.get(k) for k in GateHeadline.RECORDED}, "current": m.tag.version == current,
         })  # fmt: skip
     return shown

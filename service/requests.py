@@ -15,6 +15,7 @@ from service.drs import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from service.formats import negotiate
 from service.latents import MAX_SEED, MAX_TRUNCATION, MIN_TRUNCATION
 from service.lines import LINE_PATTERN
+from service.manifest import DrsHeadline
 from service.settings import settings
 
 __all__ = [
@@ -122,13 +123,13 @@ def pick_format(
 def default_sampler(info: dict[str, Any]) -> str:
     """The sampler a request without ``sampler`` gets: drs when the gate found that it helps this model (its
     manifest's gate headline), plain otherwise (no discriminator, not judged with DRS, or no clear gain)."""
-    drs = (info.get("gate") or {}).get("drs") or {}
-    return "drs" if info.get("discriminator") and drs.get("sampler") == "drs" else "plain"
+    return _default_sampler(info, _drs_verdict(info))
 
 
 def sampler_for(req: GenerateRequest, info: dict[str, Any]) -> tuple[str, int]:
     """The request's sampler and candidate bound, or a 400 saying why they cannot apply to this model."""
-    sampler = req.sampler or default_sampler(info)
+    verdict = _drs_verdict(info)
+    sampler = req.sampler or _default_sampler(info, verdict)
     if sampler == "drs" and not info.get("discriminator"):
         raise Refused(400, {
             "error": f"model {info['model']} version {info['version']} has no discriminator to sample with DRS "
@@ -137,8 +138,19 @@ def sampler_for(req: GenerateRequest, info: dict[str, Any]) -> tuple[str, int]:
         })  # fmt: skip
     if req.max_candidates is not None and sampler != "drs":
         raise Refused(400, {"error": "max_candidates applies to sampler drs only", "allowed": ["drs"]})
-    judged = ((info.get("gate") or {}).get("drs") or {}).get("max_candidates")  # the bound the gate's verdict is for
+    judged = verdict.max_candidates if verdict is not None else None  # the bound the gate's verdict is for
     return sampler, req.max_candidates or judged or DEFAULT_CANDIDATES
+
+
+def _drs_verdict(info: dict[str, Any]) -> DrsHeadline | None:
+    """The gate's DRS verdict on the model: its manifest's headline (``GateHeadline.drs``), which the model's
+    description carries as JSON; read once per request, and only where the gate judged DRS."""
+    drs = (info.get("gate") or {}).get("drs")
+    return None if drs is None else DrsHeadline.model_validate(drs)
+
+
+def _default_sampler(info: dict[str, Any], verdict: DrsHeadline | None) -> str:
+    return "drs" if info.get("discriminator") and verdict is not None and verdict.sampler == "drs" else "plain"
 
 
 def label_index(label: int | str | None, classes: list[str]) -> int | None:
