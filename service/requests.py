@@ -138,8 +138,8 @@ def sampler_for(req: GenerateRequest, info: dict[str, Any]) -> tuple[str, int]:
         })  # fmt: skip
     if req.max_candidates is not None and sampler != "drs":
         raise Refused(400, {"error": "max_candidates applies to sampler drs only", "allowed": ["drs"]})
-    judged = verdict.max_candidates if verdict is not None else None  # the bound the gate's verdict is for
-    return sampler, req.max_candidates or judged or DEFAULT_CANDIDATES
+    bound = verdict.max_candidates if verdict is not None else None  # the bound the gate's verdict is for
+    return sampler, req.max_candidates or bound or DEFAULT_CANDIDATES
 
 
 def _drs_verdict(info: dict[str, Any]) -> DrsHeadline | None:
