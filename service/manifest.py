@@ -124,13 +124,6 @@ class _Headline(_Strict):
     def _given_keys_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
 
-    def __getitem__(self, key: str) -> Any:
-        """``headline["fid"]``, as code written against the untyped headline reads it; a key not given is a
-        KeyError, as in the dict it was."""
-        if key not in self.model_fields_set:
-            raise KeyError(key)
-        return getattr(self, key)
-
 
 class PlainDrs(_Strict):
     plain: float

@@ -229,7 +229,7 @@ def test_the_gate_judges_with_and_without_drs_and_picks_the_sampler_by_the_evide
     assert drs["min_class_share"] > plain["min_class_share"] + 0.05  # class 3, from 1/7 towards 1/4
     assert verdict["candidates_per_image"] == pytest.approx(2.0, rel=0.1) and verdict["fallback_share"] < 0.01
     write_report(tmp_path / "knows", report)
-    assert read_manifest(tmp_path / "knows").gate["drs"]["sampler"] == "drs"  # what the service defaults to
+    assert read_manifest(tmp_path / "knows").gate.drs.sampler == "drs"  # what the service defaults to
     assert "## Rejection sampling (DRS): helps" in (tmp_path / "knows" / "report.md").read_text()
     blind = judge(world, tmp_path / "blind")["figures"]["drs"]
     assert blind["verdict"] != "helps" and blind["sampler"] == "plain"

@@ -155,5 +155,5 @@ def test_retrain_judges_and_stores_a_model_of_unlabelled_data(world, tmp_path):
                      progress=False)  # fmt: skip
     assert result.status == "promoted", result.reasons
     headline = read_manifest(result.model_dir).gate
-    assert headline["decision"] == "pass" and headline["class_entropy"] is None
+    assert headline.decision == "pass" and headline.class_entropy is None
     assert registry.production().sha256 == read_manifest(result.model_dir).sha256

@@ -22,7 +22,7 @@ def test_the_evaluator_is_frozen_and_accurate():
 def test_the_default_generator_is_intact_conditional_and_judged():
     manifest = read_manifest(MODELS / "default")  # checks the sha256 in its manifest
     assert manifest.conditional and len(manifest.class_names) == 10 and manifest.latent_dim == 100
-    assert manifest.training.config["name"] == "default" and manifest.gate["decision"] == "pass"
+    assert manifest.training.config["name"] == "default" and manifest.gate.decision == "pass"
     assert manifest.latent_protocol == PROTOCOL and "seeds" in manifest.inputs
     drawn = GeneratorRuntime(MODELS / "default").generate(range(20))
     assert drawn.images.shape == (20, 28, 28, 1) and drawn.images.dtype == np.uint8
@@ -67,7 +67,7 @@ def test_the_default_carries_a_fitted_discriminator_judged_with_and_without_drs(
     report = json.loads((MODELS / "default" / "report.json").read_text())
     drs = report["figures"]["drs"]
     assert report["figures"]["candidate_drs"]["fid"] == drs["fid"]["drs"] and drs["max_candidates"] == 16
-    assert manifest.gate["drs"]["verdict"] == drs["verdict"] == "no detectable difference"
-    assert manifest.gate["drs"]["sampler"] == "plain"  # so requests without a sampler get plain sampling
+    assert manifest.gate.drs.verdict == drs["verdict"] == "no detectable difference"
+    assert manifest.gate.drs.sampler == "plain"  # so requests without a sampler get plain sampling
     drawn = GeneratorRuntime(MODELS / "default").rejection_sample(range(1000))
     assert 1.8 < drawn.candidates.mean() < 2.7 and drawn.accepted.mean() > 0.98
