@@ -227,6 +227,11 @@ class Manifest(_Strict):
     def conditional(self) -> bool:
         return bool(self.class_names)
 
+    @property
+    def discriminator_sha256(self) -> str | None:
+        """The sha256 of the D beside G, None without one: what a gate report records as its candidate's D."""
+        return None if self.discriminator is None else self.discriminator.sha256
+
     @field_serializer("gate", mode="wrap")
     def _typed_gate(self, gate: Any, handler: SerializerFunctionWrapHandler) -> Any:
         """A headline handed in as a dict by ``model_copy(update=...)``, which validates nothing, is checked as a
@@ -242,8 +247,7 @@ def judged(manifest: Manifest, report: Mapping[str, Any], *, discriminator: bool
     candidate = report["candidate"]
     if candidate["sha256"] != manifest.sha256:
         return False
-    d = manifest.discriminator
-    return not discriminator or candidate.get("discriminator_sha256") == (None if d is None else d.sha256)
+    return not discriminator or candidate.get("discriminator_sha256") == manifest.discriminator_sha256
 
 
 def file_sha256(path: Path) -> str:

@@ -52,7 +52,7 @@ from training.judging.evaluator import EVALUATORS, Evaluator, data_key, find_eva
 from training.judging.reference import Reference, reference_images, uses_all
 from training.judging.selftest import run_selftest
 
-__all__ = ["DRS_SHOWN", "GateConfig", "GateError", "discriminator_sha", "evaluate", "open_model", "sample"]
+__all__ = ["DRS_SHOWN", "GateConfig", "GateError", "evaluate", "open_model", "sample"]
 
 log = logging.getLogger("ganserve.gate")
 REPORT_SCHEMA = 2
@@ -268,7 +268,7 @@ def _report(
             "folder": str(candidate),
             "sha256": cand.manifest.sha256,
             **_run_of(cand.manifest),
-            "discriminator_sha256": discriminator_sha(cand.manifest),
+            "discriminator_sha256": cand.manifest.discriminator_sha256,
         },
         "production": None if prod is None else {"folder": str(production), "sha256": prod.manifest.sha256},
         "evaluator": {
@@ -345,10 +345,6 @@ def _check_instrument(evaluator: Evaluator, splits: Splits, cfg: GateConfig) -> 
     return {k: v for k, v in result.items() if k != "tests"} | {
         "tests": {name: t["passed"] for name, t in result["tests"].items()}
     }
-
-
-def discriminator_sha(manifest: Manifest) -> str | None:
-    return None if manifest.discriminator is None else manifest.discriminator.sha256
 
 
 def _run_of(manifest: Manifest) -> dict:
